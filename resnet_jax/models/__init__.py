@@ -1,0 +1,28 @@
+"""Models: blocks, the ResNet module, the course's small CNNs and the arch registry.
+
+Depends on jax and flax only.
+"""
+
+from .digits import DigitCNN
+from .layers import BatchNorm
+from .registry import (
+    ARCHS,
+    TORCHVISION_ARCHS,
+    ArchSpec,
+    abstract_variables,
+    count_params,
+    create_model,
+    features,
+    get_spec,
+    init_variables,
+    input_shape,
+    model_config,
+    model_from_config,
+)
+from .resnet import BasicBlock, Bottleneck, ResNet
+
+__all__ = [
+    "ARCHS", "TORCHVISION_ARCHS", "ArchSpec", "BasicBlock", "BatchNorm", "Bottleneck",
+    "DigitCNN", "ResNet", "abstract_variables", "count_params", "create_model", "features",
+    "get_spec", "init_variables", "input_shape", "model_config", "model_from_config",
+]

@@ -1,0 +1,46 @@
+"""The course's small digit CNN, used to ask "what does the CNN learn?" on MNIST-like data.
+
+On a 28x28x1 input: conv 25 3x3 (26x26x25), max-pool 2 (13x13x25), conv 50 3x3
+(11x11x50: the "50 x 11 x 11" whose filters the course maximises), max-pool 2 (5x5x50),
+flatten (1250), a hidden dense layer, and the output layer of class scores.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from .layers import Tap
+
+Dtype = Any
+
+
+class DigitCNN(nn.Module, Tap):
+    """Named outputs: conv1, pool1, conv2, pool2, flatten, hidden, fc (the logits)."""
+
+    num_classes: int = 10
+    hidden: int = 100
+    in_channels: int = 1
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        """Logits for NHWC images ``x``. ``train`` is accepted for a uniform signature."""
+        del train  # no dropout or BatchNorm
+        if x.ndim != 4 or x.shape[-1] != self.in_channels:
+            raise ValueError(
+                f"expected NHWC images with {self.in_channels} channels, got shape {x.shape}"
+            )
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = x.astype(self.dtype or x.dtype)
+        x = self.tap("conv1", nn.relu(nn.Conv(25, (3, 3), padding="VALID", name="conv1", **kw)(x)))
+        x = self.tap("pool1", nn.max_pool(x, (2, 2), strides=(2, 2)))
+        x = self.tap("conv2", nn.relu(nn.Conv(50, (3, 3), padding="VALID", name="conv2", **kw)(x)))
+        x = self.tap("pool2", nn.max_pool(x, (2, 2), strides=(2, 2)))
+        x = self.tap("flatten", x.reshape(x.shape[0], -1))
+        x = self.tap("hidden", nn.relu(nn.Dense(self.hidden, name="hidden", **kw)(x)))
+        x = nn.Dense(self.num_classes, name="fc", **kw)(x).astype(jnp.float32)
+        return self.tap("fc", x)

@@ -1,0 +1,154 @@
+"""Layers shared by every model: torch-faithful BatchNorm, convolutions and initialisers.
+
+Everything here follows torchvision's numerics so that ported weights give the same
+numbers: BatchNorm with eps 1e-5 and torch's momentum 0.1 (the running statistics move a
+tenth of the way to each batch's statistics), the unbiased batch variance in the running
+variance as torch keeps it, explicit convolution padding, and torchvision's initialisers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# torchvision ResNets: nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu"),
+# an untruncated normal with variance 2 / fan_out.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def torch_linear_init(in_features: int) -> tuple[Callable, Callable]:
+    """torch.nn.Linear's default: kernel and bias ~ U(-1/sqrt(in), 1/sqrt(in))."""
+    bound = 1.0 / math.sqrt(in_features)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init, init
+
+
+class BatchNorm(nn.Module):
+    """Batch normalisation over every axis but the last (NHWC), as torch.nn.BatchNorm2d.
+
+    y = (x - mean) / sqrt(var + eps) * scale + bias
+
+    In train mode mean and var are the batch's (biased variance), and the running
+    statistics in the ``batch_stats`` collection are updated as torch does:
+    ``running = (1 - momentum) * running + momentum * batch`` where the variance enters
+    unbiased (times n / (n - 1)), and ``num_batches_tracked`` counts the updates.
+    In eval mode the running statistics are used.
+
+    ``momentum`` is torch's convention (0.1), not flax's (0.9 for the same behaviour).
+    Statistics are computed in float32 whatever the compute ``dtype``.
+    When the batch is sharded over devices with ``jax.sharding``, the means are taken over
+    the global batch by XLA; ``axis_name`` is only needed inside ``pmap``/``shard_map``.
+    """
+
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+    scale_init: Callable = nn.initializers.ones
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        features = x.shape[-1]
+        scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        tracked = self.variable("batch_stats", "num_batches_tracked", jnp.zeros, (), jnp.int32)
+
+        if train:
+            xf = x.astype(jnp.float32)
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(xf, axes)
+            if self.axis_name is not None:
+                mean = jax.lax.pmean(mean, self.axis_name)
+            var = jnp.mean(jnp.square(xf - mean), axes)
+            count = math.prod(x.shape[:-1])
+            if self.axis_name is not None:
+                var = jax.lax.pmean(var, self.axis_name)
+                count *= jax.lax.psum(1, self.axis_name)
+            if not self.is_initializing():
+                m = self.momentum
+                unbiased = var * (count / max(count - 1, 1))
+                ra_mean.value = (1.0 - m) * ra_mean.value + m * mean
+                ra_var.value = (1.0 - m) * ra_var.value + m * unbiased
+                tracked.value = tracked.value + 1
+        else:
+            mean, var = ra_mean.value, ra_var.value
+
+        # Fold the normalisation into one multiply-add per element.
+        mul = scale.astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
+        add = bias.astype(jnp.float32) - mean * mul
+        dtype = self.dtype or x.dtype
+        return x.astype(dtype) * mul.astype(dtype) + add.astype(dtype)
+
+
+def conv(
+    features: int,
+    kernel: int,
+    stride: int = 1,
+    groups: int = 1,
+    name: str | None = None,
+    dtype: Dtype | None = None,
+    param_dtype: Dtype = jnp.float32,
+) -> nn.Conv:
+    """A bias-free convolution padded as torch pads it: kernel // 2 on every side."""
+    pad = kernel // 2
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        feature_group_count=groups,
+        use_bias=False,
+        kernel_init=conv_kernel_init,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+    )
+
+
+def max_pool_3x3_s2(x):
+    """torch.nn.MaxPool2d(kernel_size=3, stride=2, padding=1): pads with -inf."""
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+TAP_SUFFIX = ":out"
+
+
+def tap_key(name: str) -> str:
+    """The variable name under which the named output ``name`` is stored.
+
+    Outputs share their names with the submodules that make them (``conv1``), so in the
+    ``intermediates`` and ``perturbations`` collections they carry a suffix.
+    """
+    return name + TAP_SUFFIX
+
+
+def tap_name(key: str) -> str:
+    """Inverse of ``tap_key``."""
+    return key[: -len(TAP_SUFFIX)] if key.endswith(TAP_SUFFIX) else key
+
+
+class Tap:
+    """Mixin: publish a named intermediate output.
+
+    ``tap(name, x)`` stores ``x`` in the ``intermediates`` collection (when it is mutable)
+    and lets ``jax.grad`` differentiate with respect to it through the ``perturbations``
+    collection (when one is given); otherwise it costs nothing.
+    """
+
+    def tap(self, name: str, x):
+        key = tap_key(name)
+        x = self.perturb(key, x)
+        self.sow("intermediates", key, x)
+        return x
