@@ -19,13 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
+from .errors import ResNetJaxError
 from .models import abstract_variables, model_config, model_from_config
 
 VARIABLES_ITEM = "variables"
 CONFIG_ITEM = "config"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ResNetJaxError):
     """A directory that is not a readable resnet-jax model checkpoint."""
 
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import ResNetJaxError
 from .digits import DigitCNN
 from .layers import tap_name
 from .resnet import ResNet
@@ -74,7 +75,7 @@ def get_spec(arch: str) -> ArchSpec:
     except (KeyError, TypeError):
         close = difflib.get_close_matches(str(arch), ARCHS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(
+        raise ResNetJaxError(
             f"unknown architecture {arch!r}.{hint} Known architectures: {', '.join(ARCHS)}"
         ) from None
 
@@ -175,5 +176,5 @@ def features(model: nn.Module, variables, images, names=None, train: bool = Fals
         return out
     missing = [n for n in names if n not in out]
     if missing:
-        raise ValueError(f"unknown layer name(s) {missing}; valid names: {', '.join(out)}")
+        raise ResNetJaxError(f"unknown layer name(s) {missing}; valid names: {', '.join(out)}")
     return {n: out[n] for n in names}

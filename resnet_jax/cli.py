@@ -1,0 +1,64 @@
+"""The ``resnet-jax`` command.
+
+Each subcommand lives beside the code it drives; a module listed in ``COMMAND_MODULES``
+exposes ``register(subparsers)``, which adds its parsers and sets ``func`` on them.
+Modules are imported when the parser is built, so they keep heavy imports inside ``func``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from .errors import ResNetJaxError
+
+COMMAND_MODULES = [
+    "resnet_jax.commands",  # summary, predict, convert
+]
+
+
+UserError = ResNetJaxError  # raised by commands for a mistake in their input
+
+
+def enable_compilation_cache() -> None:
+    """Persist compiled XLA programs across processes (``RESNET_JAX_CACHE`` to relocate)."""
+    import jax
+
+    path = os.environ.get("RESNET_JAX_CACHE", os.path.expanduser("~/.cache/resnet_jax/xla"))
+    if path.lower() in ("", "0", "off", "none"):
+        return
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resnet-jax",
+        description="ResNets in JAX/Flax: train, port torchvision weights, explain.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        enable_compilation_cache()
+        result = args.func(args)
+    except ResNetJaxError as e:
+        print(f"resnet-jax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
