@@ -78,7 +78,7 @@ def _is_checkpoint(path: Path) -> bool:
 
 def resolve(directory) -> Path:
     """The checkpoint inside ``directory``: itself, or the latest numbered step under it."""
-    directory = Path(directory)
+    directory = Path(directory).absolute()
     if not directory.is_dir():
         raise CheckpointError(f"{directory} is not a directory holding a saved model")
     if _is_checkpoint(directory):
@@ -113,8 +113,7 @@ def load(directory) -> tuple[nn.Module, dict]:
     path = resolve(directory)
     try:
         config = load_config(path)
-        model_cfg = {k: v for k, v in config.items() if k not in ("arch",) and not k.startswith("_")}
-        model = model_from_config(model_cfg)
+        model = model_from_config(config)
         target = abstract_variables(model)
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
             out = ckptr.restore(path, args=ocp.args.Composite(

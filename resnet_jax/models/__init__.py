@@ -18,6 +18,7 @@ from .registry import (
     input_shape,
     model_config,
     model_from_config,
+    with_new_head,
 )
 from .resnet import BasicBlock, Bottleneck, ResNet
 
@@ -25,4 +26,5 @@ __all__ = [
     "ARCHS", "TORCHVISION_ARCHS", "ArchSpec", "BasicBlock", "BatchNorm", "Bottleneck",
     "DigitCNN", "ResNet", "abstract_variables", "count_params", "create_model", "features",
     "get_spec", "init_variables", "input_shape", "model_config", "model_from_config",
+    "with_new_head",
 ]

@@ -147,7 +147,10 @@ def model_from_config(config: Mapping[str, Any]) -> nn.Module:
     config = dict(config)
     name = config.pop("module", None)
     if name not in MODULES:
-        raise ValueError(f"unknown model module {name!r}; expected one of {sorted(MODULES)}")
+        raise ResNetJaxError(f"unknown model module {name!r}; expected one of {sorted(MODULES)}")
+    # Other keys (the arch name, class names, training settings) ride along in the file.
+    fields = {f.name for f in dataclasses.fields(MODULES[name])} - {"parent", "name"}
+    config = {k: v for k, v in config.items() if k in fields}
     for key in ("dtype", "param_dtype"):
         if config.get(key) is not None:
             config[key] = jnp.dtype(config[key])
@@ -178,3 +181,18 @@ def features(model: nn.Module, variables, images, names=None, train: bool = Fals
     if missing:
         raise ResNetJaxError(f"unknown layer name(s) {missing}; valid names: {', '.join(out)}")
     return {n: out[n] for n in names}
+
+
+def with_new_head(model: nn.Module, variables, num_classes: int, rng: int | jax.Array = 0):
+    """Keep the backbone of ``variables`` and start a fresh ``num_classes`` head.
+
+    Returns ``(model, variables)``: the same architecture with ``num_classes`` outputs and
+    a newly initialised ``fc`` (torch's default Linear init); every other variable is kept.
+    """
+    new_model = model.clone(num_classes=int(num_classes))
+    fresh = init_variables(new_model, rng)
+    params = dict(variables["params"])
+    params["fc"] = fresh["params"]["fc"]
+    out = dict(variables)
+    out["params"] = params
+    return new_model, out

@@ -1,0 +1,397 @@
+"""Datasets: labelled images held in memory or read from files on demand.
+
+Every source gives an ``ImageSet``: uint8 images in HWC layout (1 or 3 channels) and int32
+labels, with class names and the preprocessing that suits it. Sources:
+
+- ``digits``: scikit-learn's handwritten digits (1797 8x8 grayscale images, 10 classes);
+- ``faces``: scikit-image's faces-vs-non-faces subset of LFW (200 25x25 grayscale, 2 classes);
+- an image folder laid out one sub-folder per class (``folder:PATH`` or just ``PATH``);
+  with ``train/`` and ``val/`` (or ``test/``) sub-folders those are the splits;
+- MNIST-style IDX files (``mnist:PATH``: ``train-images-idx3-ubyte[.gz]`` and friends);
+- ``synthetic``: class-dependent random patterns, for tests.
+
+Nothing here imports jax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import struct
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import ResNetJaxError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DatasetError(ResNetJaxError):
+    """A data set that cannot be read or used as asked."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+    """How images of a data set are prepared for a model.
+
+    Training: random-resized-crop (area fraction ``scale``, aspect ``ratio``) to
+    ``image_size`` and, if ``hflip``, a horizontal flip with probability 1/2.
+    Evaluation: resize the shorter side to ``image_size / crop_pct``, centre crop.
+    Then, on the device, ``(pixel / 255 - mean) / std`` per channel.
+    """
+
+    image_size: int
+    crop_pct: float = 0.875
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: bool = True
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Preprocess":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields})
+
+
+@dataclasses.dataclass
+class ImageSet:
+    """Labelled images: in memory (``images``, N x H x W x C uint8) or as file ``paths``."""
+
+    name: str
+    class_names: list[str]
+    labels: np.ndarray
+    channels: int
+    images: np.ndarray | None = None
+    paths: list[str] | None = None
+    preprocess: Preprocess | None = None
+    skipped: int = 0  # unreadable files left out when the set was built
+
+    def __post_init__(self):
+        self.labels = np.asarray(self.labels, np.int32)
+        if (self.images is None) == (self.paths is None):
+            raise ValueError("an ImageSet holds either images or paths")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def image(self, i: int) -> np.ndarray:
+        """Image ``i`` as uint8 HWC with ``channels`` channels."""
+        if self.images is not None:
+            return self.images[i]
+        return read_image(self.paths[i], self.channels)
+
+    def subset(self, indices, name: str | None = None) -> "ImageSet":
+        indices = np.asarray(indices, np.int64)
+        return dataclasses.replace(
+            self,
+            name=name or self.name,
+            labels=self.labels[indices],
+            images=None if self.images is None else self.images[indices],
+            paths=None if self.paths is None else [self.paths[i] for i in indices],
+        )
+
+
+def read_image(path, channels: int) -> np.ndarray:
+    """Decode an image file to uint8 HWC; grayscale, palette and RGBA are converted."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        im = _convert(im, channels)
+        arr = np.asarray(im, np.uint8)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _convert(im, channels: int):
+    from PIL import Image
+
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        # Composite transparency onto white, as a viewer shows it, rather than dropping alpha.
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, im)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im, np.float64)
+        hi = arr.max() or 1.0
+        im = Image.fromarray((arr * (255.0 / hi)).round().astype(np.uint8))
+    return im.convert("L" if channels == 1 else "RGB")
+
+
+# --------------------------------------------------------------------------- embedded
+
+
+def digits() -> ImageSet:
+    """scikit-learn's 8x8 handwritten digits, pixel values 0..16 scaled to 0..255."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    return ImageSet(
+        "digits", [str(c) for c in bunch.target_names], bunch.target, 1, images=images,
+        preprocess=Preprocess(16, crop_pct=1.0, scale=(0.8, 1.0), ratio=(0.85, 1.18),
+                              hflip=False, mean=(0.3,), std=(0.4,)),
+    )
+
+
+def faces() -> ImageSet:
+    """scikit-image's LFW subset: 100 faces then 100 non-faces, 25x25 grayscale."""
+    from skimage.data import lfw_subset
+
+    x = lfw_subset()
+    images = np.round(x * 255.0).astype(np.uint8)[..., None]
+    labels = np.array([1] * 100 + [0] * 100, np.int32)
+    return ImageSet(
+        "faces", ["non-face", "face"], labels, 1, images=images,
+        preprocess=Preprocess(32, crop_pct=1.0, scale=(0.6, 1.0), hflip=True,
+                              mean=(0.5,), std=(0.25,)),
+    )
+
+
+def synthetic(num_classes: int = 4, size: int = 16, n: int = 256, channels: int = 3,
+              seed: int = 0) -> ImageSet:
+    """Class-dependent patterns plus noise: each class a fixed random template."""
+    rng = np.random.default_rng(seed)
+    templates = rng.uniform(0, 255, (num_classes, size, size, channels))
+    labels = np.arange(n) % num_classes
+    noise = rng.normal(0, 40, (n, size, size, channels))
+    images = np.clip(templates[labels] + noise, 0, 255).astype(np.uint8)
+    mean = (0.5,) * channels
+    std = (0.3,) * channels
+    return ImageSet(
+        "synthetic", [f"class{i}" for i in range(num_classes)], labels, channels, images=images,
+        preprocess=Preprocess(size, crop_pct=1.0, scale=(0.5, 1.0), hflip=True, mean=mean, std=std),
+    )
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+def image_folder(root, channels: int = 3, strict: bool = False, workers: int = 4,
+                 class_names: Sequence[str] | None = None, name: str | None = None) -> ImageSet:
+    """Images under ``root/<class>/``; classes are the sub-folders in sorted order.
+
+    Every file is decoded once here so that a damaged one is found before training: it
+    is skipped and counted with a warning, or, with ``strict``, reported as an error.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"image folder {root} does not exist or is not a directory")
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if class_names is None:
+        class_names = found
+        if not class_names:
+            raise DatasetError(
+                f"{root} has no class sub-folders; expected one folder per class, "
+                f"e.g. {root}/cat/001.jpg and {root}/dog/001.jpg"
+            )
+    paths, labels, empty = [], [], []
+    for label, cls in enumerate(class_names):
+        folder = root / cls
+        files = sorted(
+            str(p) for p in folder.rglob("*")
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        ) if folder.is_dir() else []
+        if not files:
+            empty.append(cls)
+        paths += files
+        labels += [label] * len(files)
+    if empty:
+        raise DatasetError(
+            f"class folder(s) {empty} under {root} hold no images "
+            f"(accepted extensions: {', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder"
+        )
+
+    def check(path):
+        try:
+            read_image(path, channels)
+            return None
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
+            return f"{path}: {type(e).__name__}: {e}"
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        problems = list(pool.map(check, paths))
+    bad = [p for p in problems if p is not None]
+    if bad:
+        if strict:
+            raise DatasetError(
+                f"{len(bad)} unreadable image(s) under {root} (--strict): " + "; ".join(bad[:5])
+                + (" ..." if len(bad) > 5 else "") + "; remove or replace them, or drop --strict to skip them"
+            )
+        warnings.warn(
+            f"skipped {len(bad)} unreadable image(s) under {root}: " + "; ".join(bad[:3])
+            + (" ..." if len(bad) > 3 else ""), stacklevel=2,
+        )
+        keep = [i for i, p in enumerate(problems) if p is None]
+        paths = [paths[i] for i in keep]
+        labels = [labels[i] for i in keep]
+        left = {class_names[i] for i in labels}
+        now_empty = [c for c in class_names if c not in left]
+        if now_empty:
+            raise DatasetError(f"class folder(s) {now_empty} under {root} hold no readable images")
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.25,))
+    return ImageSet(
+        name or root.name, list(class_names), np.array(labels, np.int32), channels, paths=paths,
+        preprocess=Preprocess(224, mean=mean, std=std), skipped=len(bad),
+    )
+
+
+# --------------------------------------------------------------------------- IDX (MNIST)
+
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path) -> np.ndarray:
+    """An IDX file (MNIST's format), optionally gzipped."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
+        raise DatasetError(f"{path} is not an IDX file (bad magic number {data[:4]!r})")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DatasetError(f"{path} is truncated: its IDX header is incomplete")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    dtype = np.dtype(_IDX_TYPES[data[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(data) - header != expected:
+        raise DatasetError(
+            f"{path} is truncated or padded: its header promises shape {shape} "
+            f"({expected} bytes of data), the file holds {len(data) - header}"
+        )
+    return np.frombuffer(data, dtype, offset=header).reshape(shape)
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for name in (stem, stem.replace("-idx", ".idx"), stem + ".gz", stem.replace("-idx", ".idx") + ".gz"):
+        if (root / name).is_file():
+            return root / name
+    raise DatasetError(f"{root} has no {stem}[.gz]; expected MNIST's four IDX files there")
+
+
+def mnist(root) -> dict[str, ImageSet]:
+    """MNIST-style IDX files: ``train-*`` and ``t10k-*`` images and labels."""
+    root = Path(root)
+    out = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte"))
+        labels = read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte")).astype(np.int32)
+        if images.ndim != 3 or len(images) != len(labels):
+            raise DatasetError(
+                f"{root}: {prefix} images of shape {images.shape} and {len(labels)} labels do not match"
+            )
+        out[split] = ImageSet(
+            f"mnist-{split}", [str(i) for i in range(10)], labels, 1,
+            images=images.astype(np.uint8)[..., None],
+            preprocess=Preprocess(28, crop_pct=1.0, scale=(0.8, 1.0), hflip=False,
+                                  mean=(0.1307,), std=(0.3081,)),
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (rest, held-out) with ``fraction`` of each class held out (at least one)."""
+    rng = np.random.default_rng(seed)
+    rest, held = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[rng.permutation(len(idx))]
+        k = int(round(len(idx) * fraction)) if fraction > 0 else 0
+        if fraction > 0 and len(idx) > 1:
+            k = min(max(k, 1), len(idx) - 1)
+        held.append(idx[:k])
+        rest.append(idx[k:])
+    return np.sort(np.concatenate(rest)), np.sort(np.concatenate(held))
+
+
+SPLIT_SEED = 0  # the held-out sets do not move with the training seed
+
+
+def _split(data: ImageSet, test_fraction: float, val_fraction: float) -> dict[str, ImageSet]:
+    train_idx, test_idx = stratified_split(data.labels, test_fraction, SPLIT_SEED)
+    out = {"test": data.subset(test_idx, f"{data.name}-test")}
+    train = data.subset(train_idx, f"{data.name}-train")
+    if val_fraction > 0:
+        fit, val = stratified_split(train.labels, val_fraction, SPLIT_SEED + 1)
+        out["val"] = train.subset(val, f"{data.name}-val")
+        train = train.subset(fit, f"{data.name}-train")
+    out["train"] = train
+    return out
+
+
+def _parse_synthetic(spec: str) -> dict:
+    opts = {}
+    _, _, rest = spec.partition(":")
+    for part in filter(None, rest.split(",")):
+        key, _, value = part.partition("=")
+        if key not in ("classes", "size", "n", "channels", "seed"):
+            raise DatasetError(
+                f"unknown synthetic option {key!r}; use e.g. synthetic:classes=4,size=16,n=256,channels=3"
+            )
+        opts["num_classes" if key == "classes" else key] = int(value)
+    return opts
+
+
+DATASETS = ("digits", "faces", "synthetic", "mnist:PATH", "folder:PATH", "PATH")
+
+
+def load_splits(spec: str, *, test_fraction: float = 0.2, val_fraction: float = 0.1,
+                channels: int | None = None, strict: bool = False) -> dict[str, ImageSet]:
+    """The ``train``, ``val`` (when there is one) and ``test`` sets named by ``spec``.
+
+    Embedded and single-folder sets are split per class with a fixed seed
+    (``test_fraction`` of each class held out for test, then ``val_fraction`` of the rest
+    for validation). A folder with ``train/`` and ``val/`` or ``test/`` sub-folders and
+    MNIST's own files keep their splits.
+    """
+    kind, _, arg = spec.partition(":")
+    if spec == "digits":
+        return _split(digits(), test_fraction, val_fraction)
+    if spec == "faces":
+        return _split(faces(), test_fraction, val_fraction)
+    if kind == "synthetic":
+        return _split(synthetic(**_parse_synthetic(spec)), test_fraction, val_fraction)
+    if kind == "mnist":
+        sets = mnist(arg)
+        if val_fraction > 0:
+            fit, val = stratified_split(sets["train"].labels, val_fraction, SPLIT_SEED + 1)
+            sets["val"] = sets["train"].subset(val, "mnist-val")
+            sets["train"] = sets["train"].subset(fit, "mnist-train")
+        return sets
+    if kind == "folder" or Path(spec).is_dir():
+        root = Path(arg if kind == "folder" else spec)
+        ch = channels or 3
+        subs = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+        if "train" in subs and subs & {"val", "test"}:
+            train = image_folder(root / "train", ch, strict, name=f"{root.name}-train")
+            out = {"train": train}
+            for split in ("val", "test"):
+                if split in subs:
+                    out[split] = image_folder(root / split, ch, strict, class_names=train.class_names,
+                                              name=f"{root.name}-{split}")
+            if "test" not in out:
+                out["test"] = out["val"]
+            return out
+        return _split(image_folder(root, ch, strict), test_fraction, val_fraction)
+    raise DatasetError(
+        f"unknown data set {spec!r}; expected one of {', '.join(DATASETS)} "
+        "(PATH: a folder with one sub-folder of images per class)"
+    )

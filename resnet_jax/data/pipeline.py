@@ -1,0 +1,204 @@
+"""The input pipeline: deterministic, sharded per host, decoded and augmented off the
+training thread, with a state that a checkpoint stores.
+
+The order of epoch ``e`` is a permutation drawn from ``(seed, e)``; the augmentation of
+an image from ``(seed, e, index of the image)``. So a batch depends only on the seed and
+its position, never on thread timing, on the number of hosts or on an earlier crash:
+``DataIterator.state()`` is that position, and an iterator rebuilt from it yields the
+batches that the original would have yielded next.
+
+Each host reads its own slice of every global batch (``shard_index`` of ``shard_count``);
+worker threads build batches ahead of the training step (PIL releases the GIL while it
+resamples, and file decoding is mostly I/O).
+"""
+
+from __future__ import annotations
+
+import collections
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .datasets import DatasetError, ImageSet, Preprocess
+from .transforms import eval_transform, train_transform
+
+
+class Loader:
+    """Batches of one ``ImageSet``: ``{'image': uint8 [b,H,W,C], 'label': int32 [b], 'mask': float32 [b]}``.
+
+    Training (``train=True``): shuffled every epoch, augmented, incomplete last batch
+    dropped, so every batch has the same shape. Evaluation: in order, eval transform,
+    the last batch padded with ``mask == 0`` rows so it also has the same shape.
+    """
+
+    def __init__(self, data: ImageSet, global_batch: int, *, train: bool, seed: int = 0,
+                 preprocess: Preprocess | None = None, shard_index: int = 0, shard_count: int = 1,
+                 workers: int = 2, prefetch: int = 4):
+        if len(data) == 0:
+            raise DatasetError(f"data set {data.name!r} is empty")
+        if global_batch <= 0:
+            raise DatasetError(f"batch size must be positive, got {global_batch}")
+        if global_batch % shard_count:
+            raise DatasetError(
+                f"batch size {global_batch} does not divide over {shard_count} hosts; "
+                f"use a multiple of {shard_count}"
+            )
+        if train and global_batch > len(data):
+            raise DatasetError(
+                f"batch size {global_batch} is larger than the training set {data.name!r} "
+                f"({len(data)} images), so an epoch would hold no full batch; "
+                f"use --batch-size {largest_divisor_at_most(len(data), shard_count)} or less"
+            )
+        self.data = data
+        self.train = train
+        self.seed = int(seed)
+        self.preprocess = preprocess or data.preprocess
+        self.global_batch = int(global_batch)
+        self.shard_index, self.shard_count = int(shard_index), int(shard_count)
+        self.local_batch = self.global_batch // self.shard_count
+        n = len(data)
+        self.steps_per_epoch = n // global_batch if train else -(-n // global_batch)
+        self.workers = max(1, int(workers))
+        self.prefetch = max(1, int(prefetch))
+        self._orders: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The indices of the data set in the order epoch ``epoch`` visits them."""
+        if not self.train:
+            return np.arange(len(self.data))
+        if epoch not in self._orders:
+            self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.data))}
+        return self._orders[epoch]
+
+    def indices(self, epoch: int, batch: int) -> np.ndarray:
+        """This host's data-set indices of batch ``batch`` of ``epoch`` (-1: padding)."""
+        g = self.order(epoch)[batch * self.global_batch:(batch + 1) * self.global_batch]
+        if len(g) < self.global_batch:
+            g = np.concatenate([g, np.full(self.global_batch - len(g), -1, g.dtype)])
+        return g[self.shard_index * self.local_batch:(self.shard_index + 1) * self.local_batch]
+
+    def batch(self, epoch: int, batch: int) -> dict:
+        """Build one batch (called from worker threads)."""
+        pre = self.preprocess
+        idx = self.indices(epoch, batch)
+        c = self.data.channels
+        images = np.zeros((len(idx), pre.image_size, pre.image_size, c), np.uint8)
+        labels = np.zeros(len(idx), np.int32)
+        mask = (idx >= 0).astype(np.float32)
+        for k, i in enumerate(idx):
+            if i < 0:
+                continue
+            img = self.data.image(int(i))
+            if self.train:
+                rng = np.random.default_rng([self.seed, epoch, int(i)])
+                images[k] = train_transform(img, pre, rng)
+            else:
+                images[k] = eval_transform(img, pre)
+            labels[k] = self.data.labels[i]
+        return {"image": images, "label": labels, "mask": mask}
+
+    def iterator(self, state: dict | None = None) -> "DataIterator":
+        return DataIterator(self, state)
+
+    def epoch(self, epoch: int = 0):
+        """The batches of one epoch (evaluation passes use this)."""
+        it = self.iterator({"epoch": epoch, "batch": 0})
+        try:
+            for _ in range(self.steps_per_epoch):
+                yield next(it)
+        finally:
+            it.close()
+
+
+def largest_divisor_at_most(n: int, multiple: int) -> int:
+    return max(multiple, (n // multiple) * multiple)
+
+
+class DataIterator:
+    """Endless iterator over (epoch, batch) positions with batches built ahead in threads.
+
+    ``state()`` is the position of the next batch ``next()`` returns, plus what must match
+    on restore (seed, data-set size, global batch).
+    """
+
+    def __init__(self, loader: Loader, state: dict | None = None):
+        self.loader = loader
+        self.epoch, self.position = 0, 0
+        if state:
+            self.restore(state)
+        self._pool = ThreadPoolExecutor(loader.workers, thread_name_prefix="resnet-jax-data")
+        self._ahead: collections.deque = collections.deque()
+
+    def state(self) -> dict:
+        return {
+            "epoch": self.epoch, "batch": self.position, "seed": self.loader.seed,
+            "size": len(self.loader.data), "global_batch": self.loader.global_batch,
+        }
+
+    def restore(self, state: dict) -> None:
+        for key in ("seed", "size", "global_batch"):
+            mine = {"seed": self.loader.seed, "size": len(self.loader.data),
+                    "global_batch": self.loader.global_batch}[key]
+            if key in state and int(state[key]) != mine:
+                raise DatasetError(
+                    f"the saved data-iterator state has {key} {state[key]}, this run has {mine}; "
+                    f"resume with the same data set, --seed and --batch-size as the saved run"
+                )
+        self.epoch, self.position = int(state["epoch"]), int(state["batch"])
+        if self.position >= self.loader.steps_per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+        if getattr(self, "_ahead", None):
+            self._drain()
+
+    def _positions(self):
+        e, b = self.epoch, self.position
+        while True:
+            yield e, b
+            b += 1
+            if b >= self.loader.steps_per_epoch:
+                e, b = e + 1, 0
+
+    def _fill(self):
+        if self._ahead:
+            e, b = self._ahead[-1][0]
+            b += 1
+            if b >= self.loader.steps_per_epoch:
+                e, b = e + 1, 0
+        else:
+            e, b = self.epoch, self.position
+        while len(self._ahead) < self.loader.prefetch:
+            self._ahead.append(((e, b), self._pool.submit(self.loader.batch, e, b)))
+            b += 1
+            if b >= self.loader.steps_per_epoch:
+                e, b = e + 1, 0
+
+    def _drain(self):
+        for _, fut in self._ahead:
+            fut.cancel()
+        self._ahead.clear()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        self._fill()
+        (e, b), fut = self._ahead.popleft()
+        assert (e, b) == (self.epoch, self.position)
+        out = fut.result()
+        self.position = b + 1
+        if self.position >= self.loader.steps_per_epoch:
+            self.epoch, self.position = e + 1, 0
+        return out
+
+    def close(self):
+        self._drain()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,121 @@
+"""``gradcam`` and ``explain``: the Grad-CAM family and gradient saliency on any model.
+
+    maps = resnet_jax.explain.gradcam(model, variables, images_nhwc)            # (B, H, W)
+    maps = resnet_jax.explain.gradcam(model, variables, x, targets=[[1, 7]] * len(x))
+    # -> (B, 2, H, W): two classes per image from one forward pass
+
+Each (model, method, layer, options) compiles once into a program that runs the forward
+pass, resolves the targets (the predicted class by default), pulls every target's
+cotangent back in one batched backward pass and post-processes the maps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import base
+from .methods import get_method
+
+
+@dataclasses.dataclass
+class Explanation:
+    """Maps with what they explain.
+
+    maps: (B, H, W), or (B, T, H, W) when several targets per image were asked for.
+    targets: (B,) or (B, T) class indices explained. scores: their softmax probabilities.
+    logits: (B, classes). images: the batch the model saw (after conversion/resizing).
+    """
+
+    maps: np.ndarray
+    targets: np.ndarray
+    scores: np.ndarray
+    logits: np.ndarray
+    images: np.ndarray
+    method: str
+    layer: str | None
+
+
+@functools.lru_cache(maxsize=32)
+def compiled(model, method_name: str, layer: str | None, options: tuple = ()):
+    """The jitted program ``(variables, x, targets (B, T), key) -> (logits, targets, maps)``."""
+    method = get_method(method_name)
+    opts = dict(options)
+
+    def run(variables, x, targets, key):
+        logits, t, maps = method.compute(model, variables, x, targets, layer=layer, key=key,
+                                         **opts)
+        return logits, t, maps
+
+    return jax.jit(run)
+
+
+def explain(model, variables, images, targets=None, layer: str | None = "layer4",
+            method: str = "gradcam", *, image_size=None, batch_size: int | None = None,
+            seed: int = 0, **options) -> Explanation:
+    """Explain ``model``'s scores for ``images`` with ``method``; see ``gradcam``."""
+    m = get_method(method)
+    x = base.prepare_images(model, images, image_size)
+    n = x.shape[0]
+    t, multi = base.normalize_targets(targets, n, base.num_classes_of(model))
+    if m.uses_layer:
+        if layer is None:
+            layer = default_layer(model, variables, x.shape)
+        base.check_layer(model, variables, x.shape, layer)
+    else:
+        layer = None
+    fn = compiled(model, m.name, layer, tuple(sorted(options.items())))
+    v = base.model_variables(variables)
+    step = batch_size or n
+    outs = []
+    for i in range(0, n, step):
+        key = jax.random.fold_in(jax.random.key(seed), i)
+        outs.append(fn(v, x[i:i + step], jnp.asarray(t[i:i + step]), key))
+    logits = np.concatenate([np.asarray(o[0]) for o in outs])
+    tt = np.concatenate([np.asarray(o[1]) for o in outs])
+    maps = np.concatenate([np.asarray(o[2]) for o in outs], axis=1)
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
+    scores = np.take_along_axis(probs, tt, axis=1)
+    return Explanation(
+        maps=base.as_batch_maps(maps, multi),
+        targets=tt if multi else tt[:, 0],
+        scores=scores if multi else scores[:, 0],
+        logits=logits, images=np.asarray(x), method=m.name, layer=layer,
+    )
+
+
+def gradcam(model, variables, images_nhwc, targets=None, layer: str | None = "layer4",
+            method: str = "gradcam", **options) -> np.ndarray:
+    """Class activation maps of shape (batch, height, width) in [0, 1] at the input's size.
+
+    Args:
+      model, variables: a model from ``create_model``/``load``/``port.from_torch`` and its
+        ``{'params', 'batch_stats'}``.
+      images_nhwc: a batch (NHWC/NHW) or a list of images of any sizes (HW/HWC), already
+        normalised as the model expects; grayscale is repeated for an RGB model and sizes
+        are resized as the model requires (see ``base.prepare_images``).
+      targets: None (each image's predicted class), one class for all, one per image, or a
+        (batch, T) table of T classes per image -> maps of shape (batch, T, H, W).
+      layer: the named output whose activations and gradients make the map (CAM methods);
+        ``None`` picks the last spatial stage. Unknown names raise a ResNetJaxError that
+        lists the valid ones.
+      method: gradcam, gradcam++, hirescam, saliency, smoothgrad, integrated_gradients,
+        guided_backprop or guided_gradcam.
+      **options: ``batch_size``, ``image_size``, ``seed`` and method options
+        (smoothgrad: ``samples``, ``noise``; integrated_gradients: ``steps``, ``baseline``).
+    """
+    return explain(model, variables, images_nhwc, targets, layer, method, **options).maps
+
+
+def default_layer(model, variables, image_shape) -> str:
+    """The last stage's output (``layer4`` on torchvision ResNets, ``conv2`` on digit_cnn)."""
+    shapes = base.layer_shapes(model, variables, image_shape)
+    stages = [n for n, s in shapes.items() if len(s) == 4 and n.startswith("layer") and "." not in n]
+    if stages:
+        return stages[-1]
+    convs = [n for n, s in shapes.items() if len(s) == 4 and "pool" not in n]
+    return (convs or [n for n, s in shapes.items() if len(s) == 4])[-1]

@@ -1,0 +1,80 @@
+"""The two shapes an explanation method takes, shared by every method file.
+
+``CAMMethod``: a map made from one layer's activations ``A`` (batch, h, w, K) and the
+gradients ``G`` of each target score with respect to them (targets, batch, h, w, K),
+from one forward pass and one batched backward pass. A subclass defines ``weights``
+(one weight per channel) or ``raw_cam``; the base applies ReLU, scales to [0, 1],
+upsamples bilinearly to the input size and scales again (pytorch-grad-cam's order).
+
+``AttributionMethod``: a map at the input's resolution made from gradients with respect
+to the input itself (vanilla gradients and their smoothed, integrated and guided forms).
+A subclass defines ``attributions`` -> (targets, batch, H, W, C); the base reduces the
+channels (``reduce``) and scales each map to [0, 1].
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from .. import base
+
+
+class Method:
+    name: str = ""
+    uses_layer: bool = False
+    uses_rng: bool = False
+
+    def compute(self, model, variables, x, targets, *, layer=None, key=None, **options):
+        """-> (logits (B, classes), resolved targets (B, T), maps (T, B, H, W) in [0, 1])."""
+        raise NotImplementedError
+
+
+class CAMMethod(Method):
+    uses_layer = True
+
+    def weights(self, acts, grads):
+        """(T, B, K) channel weights from acts (B, h, w, K) and grads (T, B, h, w, K)."""
+        raise NotImplementedError
+
+    def raw_cam(self, acts, grads):
+        """(T, B, h, w) before ReLU: sum_k w_k A^k."""
+        w = self.weights(acts, grads)
+        return jnp.einsum("tbk,bhwk->tbhw", w, acts)
+
+    def layer_pass(self, model, variables, x, targets, layer):
+        shape = base.layer_shapes(model, variables, x.shape)[layer]
+        logits, acts, pull = base.layer_vjp(model, variables, x, layer, shape)
+        t = base.resolve_targets(logits, targets)
+        ct = base.one_hot_cotangents(t, logits.shape[-1], logits.dtype)
+        grads = jax.vmap(pull)(ct)
+        return logits, t, acts, grads
+
+    def compute(self, model, variables, x, targets, *, layer=None, key=None, **options):
+        logits, t, acts, grads = self.layer_pass(model, variables, x, targets, layer)
+        cam = self.raw_cam(acts, grads)
+        return logits, t, base.finish_cam(cam, x.shape[1:3])
+
+
+class AttributionMethod(Method):
+    reduce: str = "absmax"
+
+    def forward(self, model, variables):
+        v = base.model_variables(variables)
+        return lambda x: model.apply(v, x, train=False)
+
+    def attributions(self, model, variables, x, t, *, key=None, **options):
+        """(T, B, H, W, C) attributions for resolved targets ``t`` (B, T)."""
+        raise NotImplementedError
+
+    def input_grads(self, fwd, x, t, num_classes):
+        """(logits, (T, B, H, W, C) gradients of each target score w.r.t. ``x``)."""
+        logits, pull = base.input_vjp(fwd, x)
+        ct = base.one_hot_cotangents(t, num_classes, logits.dtype)
+        return logits, jax.vmap(pull)(ct)
+
+    def compute(self, model, variables, x, targets, *, layer=None, key=None, **options):
+        logits = self.forward(model, variables)(x)
+        t = base.resolve_targets(logits, targets)
+        attr = self.attributions(model, variables, x, t, key=key, **options)
+        return logits, t, base.finish_saliency(base.reduce_channels(attr, self.reduce))

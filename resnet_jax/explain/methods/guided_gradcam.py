@@ -1,0 +1,19 @@
+"""Guided Grad-CAM (Selvaraju et al. 2017): guided backpropagation times the upsampled
+Grad-CAM map, pixel by pixel; the map is max over channels of the absolute product."""
+
+import jax.numpy as jnp
+
+from .. import base
+from .base import CAMMethod
+from .gradcam import GradCAM
+from .guided_backprop import GuidedBackprop
+
+
+class GuidedGradCAM(CAMMethod):
+    name = "guided_gradcam"
+
+    def compute(self, model, variables, x, targets, *, layer=None, key=None, **options):
+        logits, t, cams = GradCAM().compute(model, variables, x, targets, layer=layer)
+        guided = GuidedBackprop().attributions(model, variables, x, t)
+        product = guided * cams[..., None]
+        return logits, t, base.finish_saliency(base.reduce_channels(product, "absmax"))

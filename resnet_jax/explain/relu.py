@@ -1,0 +1,78 @@
+"""ReLUs with modified backward passes, swapped into a model while it is traced.
+
+The models call ``flax.linen.relu`` when they run. ``relu_override(fn)`` makes that name
+point at ``fn`` for the duration of a trace (under a lock), so the compiled program
+carries the modified gradient while the model code stays unchanged:
+
+- ``guided_relu`` (Springenberg et al. 2015): the backward pass keeps only positive
+  gradients at positive inputs, ``g * (x > 0) * (g > 0)``.
+- ``redirected_relu`` (Lucid): when no gradient at all reaches an example through a
+  ReLU, pass the gradient on except where it would push an already negative input
+  further down, so optimisation can start from dead units. Here the cotangent is that of
+  a loss being minimised: ``g > 0`` pushes the input lower.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_LOCK = threading.RLock()
+
+
+@jax.custom_vjp
+def guided_relu(x):
+    return jnp.maximum(x, 0)
+
+
+def _guided_fwd(x):
+    return jnp.maximum(x, 0), x
+
+
+def _guided_bwd(x, g):
+    return (jnp.where((x > 0) & (g > 0), g, jnp.zeros_like(g)),)
+
+
+guided_relu.defvjp(_guided_fwd, _guided_bwd)
+
+
+@jax.custom_vjp
+def redirected_relu(x):
+    return jnp.maximum(x, 0)
+
+
+def _redirected_fwd(x):
+    return jnp.maximum(x, 0), x
+
+
+def _redirected_bwd(x, g):
+    relu_grad = jnp.where(x < 0, jnp.zeros_like(g), g)
+    redirected = jnp.where((x < 0) & (g > 0), jnp.zeros_like(g), g)
+    if x.ndim < 2:
+        return (relu_grad,)
+    axes = tuple(range(1, x.ndim))
+    alive = jnp.sum(jnp.square(relu_grad), axis=axes, keepdims=True) > 0
+    return (jnp.where(alive, relu_grad, redirected),)
+
+
+redirected_relu.defvjp(_redirected_fwd, _redirected_bwd)
+
+
+@contextlib.contextmanager
+def relu_override(fn):
+    """Within the block, models built on ``flax.linen.relu`` call ``fn`` instead.
+
+    Use it around the *tracing* of a function (the first call of a jitted function, or
+    ``jax.make_jaxpr``); compiled programs keep whichever ReLU they were traced with.
+    """
+    with _LOCK:
+        original = nn.relu
+        nn.relu = fn
+        try:
+            yield
+        finally:
+            nn.relu = original

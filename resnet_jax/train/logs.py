@@ -1,0 +1,62 @@
+"""Metric logs: one JSON object per line, and TensorBoard when tensorboardX is installed."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricLog:
+    """Appends records to ``run_dir/metrics.jsonl`` (and a TensorBoard event file)."""
+
+    def __init__(self, run_dir, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = Path(run_dir) / METRICS_FILE
+        self._file = None
+        self._tb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", buffering=1)
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:
+                pass
+            else:
+                self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                 for k, v in record.items()}
+        self._file.write(json.dumps(clean) + "\n")
+        if self._tb is not None:
+            kind = record.get("kind", "train")
+            for k, v in record.items():
+                if k not in ("step", "kind", "epoch") and isinstance(v, (int, float)) and v is not None:
+                    self._tb.add_scalar(f"{kind}/{k}", v, record.get("step", 0))
+
+    def close(self) -> None:
+        if self._file:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics(path) -> list[dict]:
+    """The records of a metrics file; a line cut short by a crash is ignored."""
+    out = []
+    with open(path) as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
