@@ -16,6 +16,8 @@ from .errors import ResNetJaxError
 
 COMMAND_MODULES = [
     "resnet_jax.commands",  # summary, predict, convert
+    "resnet_jax.train.cli",  # train, evaluate
+    "resnet_jax.explain.cli",  # gradcam, visualize
 ]
 
 

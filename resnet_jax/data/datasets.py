@@ -142,7 +142,7 @@ def digits() -> ImageSet:
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     return ImageSet(
         "digits", [str(c) for c in bunch.target_names], bunch.target, 1, images=images,
-        preprocess=Preprocess(16, crop_pct=1.0, scale=(0.8, 1.0), ratio=(0.85, 1.18),
+        preprocess=Preprocess(12, crop_pct=1.0, scale=(0.8, 1.0), ratio=(0.85, 1.18),
                               hflip=False, mean=(0.3,), std=(0.4,)),
     )
 

@@ -3,9 +3,20 @@
 - ``gradcam`` / ``explain``: the Grad-CAM family (Grad-CAM, Grad-CAM++, HiResCAM,
   Guided Grad-CAM) and gradient saliency (vanilla, SmoothGrad, Integrated Gradients,
   guided backpropagation), batched, several targets per image from one forward pass.
+- ``maximize``: activation maximisation of composable ``objectives`` (channels, neurons,
+  class logits, L1/L2/TV penalties) over a ``param`` (raw pixels, Fourier with
+  decorrelated colour) with random ``transforms``, compiled as one ``lax.scan``.
+- ``faithfulness``: deletion / insertion curves and the confidence drop.
 """
 
+from . import faithfulness, objectives, param, transforms
 from .api import Explanation, compiled, default_layer, explain, gradcam
+from .maximize import evaluate, make_maximizer, maximize
 from .methods import METHODS, get_method
+from .objectives import Objective, channel, class_logit, l1, l2, neuron, stack, tv
 
-__all__ = ["METHODS", "Explanation", "compiled", "default_layer", "explain", "get_method", "gradcam"]
+__all__ = [
+    "METHODS", "Explanation", "Objective", "channel", "class_logit", "compiled",
+    "default_layer", "evaluate", "explain", "faithfulness", "get_method", "gradcam", "l1", "l2",
+    "make_maximizer", "maximize", "neuron", "objectives", "param", "stack", "transforms", "tv",
+]

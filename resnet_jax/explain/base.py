@@ -33,12 +33,17 @@ def layer_shapes(model, variables, image_shape) -> dict[str, tuple[int, ...]]:
     """``{name: shape}`` of every named output for a batch of ``image_shape``, in forward
     order, computed abstractly (nothing is run)."""
 
+    order: list[str] = []
+
     def run(v, x):
-        return model.apply(v, x, train=False, mutable=["intermediates"])[1]
+        state = model.apply(v, x, train=False, mutable=["intermediates"])[1]
+        order.extend(state["intermediates"])  # forward order (eval_shape sorts the keys)
+        return state
 
     v = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
     state = jax.eval_shape(run, v, jax.ShapeDtypeStruct(tuple(image_shape), jnp.float32))
-    return {tap_name(k): tuple(s[0].shape) for k, s in state["intermediates"].items()}
+    inter = state["intermediates"]
+    return {tap_name(k): tuple(inter[k][0].shape) for k in order}
 
 
 def check_layer(model, variables, image_shape, layer: str, spatial: bool = True) -> tuple:

@@ -16,6 +16,7 @@ from .registry import (
     get_spec,
     init_variables,
     input_shape,
+    layer_names,
     model_config,
     model_from_config,
     with_new_head,
@@ -25,6 +26,6 @@ from .resnet import BasicBlock, Bottleneck, ResNet
 __all__ = [
     "ARCHS", "TORCHVISION_ARCHS", "ArchSpec", "BasicBlock", "BatchNorm", "Bottleneck",
     "DigitCNN", "ResNet", "abstract_variables", "count_params", "create_model", "features",
-    "get_spec", "init_variables", "input_shape", "model_config", "model_from_config",
+    "get_spec", "init_variables", "input_shape", "layer_names", "model_config", "model_from_config",
     "with_new_head",
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -110,18 +111,35 @@ def input_shape(model: nn.Module, image_size: int | tuple[int, int] | None = Non
     return (batch, int(h), int(w), model.in_channels)
 
 
+@functools.lru_cache(maxsize=32)
+def _compiled_init(model: nn.Module, shape: tuple):
+    def init(rng):
+        variables = model.init(rng, jnp.zeros(shape, jnp.float32), train=False)
+        return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+
+    return jax.jit(init)
+
+
 def init_variables(model: nn.Module, rng: int | jax.Array = 0, image_size=None) -> dict:
-    """Fresh ``{'params', 'batch_stats'}`` for ``model``, initialised as torchvision does."""
+    """Fresh ``{'params', 'batch_stats'}`` for ``model``, initialised as torchvision does.
+
+    Parameter shapes do not depend on the image size, so by default the forward pass that
+    creates them runs on a single pixel. The compiled initialiser is kept per model.
+    """
     if isinstance(rng, int):
         rng = jax.random.key(rng)
-    x = jnp.zeros(input_shape(model, image_size), jnp.float32)
-    variables = jax.jit(lambda r, x: model.init(r, x, train=False))(rng, x)
-    return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+    shape = input_shape(model, (1, 1) if _any_size(model) else image_size)
+    return _compiled_init(model, shape)(rng)
+
+
+def _any_size(model: nn.Module) -> bool:
+    """Whether the model takes images of any size (global pooling before the head)."""
+    return isinstance(model, ResNet)
 
 
 def abstract_variables(model: nn.Module, image_size=None) -> dict:
     """Shapes and dtypes of ``init_variables(model)`` without computing them."""
-    return jax.eval_shape(lambda: init_variables(model, 0, image_size))
+    return jax.eval_shape(lambda rng: init_variables(model, rng, image_size), jax.random.key(0))
 
 
 def model_config(model: nn.Module) -> dict:
@@ -170,17 +188,44 @@ def features(model: nn.Module, variables, images, names=None, train: bool = Fals
 
     Returns ``{name: array}`` in forward order, for all names or just ``names``.
     """
-    logits, state = model.apply(
-        variables, images, train=train, mutable=["intermediates"]
-        + (["batch_stats"] if train else []),
-    )
-    out = {tap_name(k): v[0] for k, v in state["intermediates"].items()}
-    if names is None:
-        return out
-    missing = [n for n in names if n not in out]
+    valid = layer_names(model, np.shape(images))
+    names = tuple(valid) if names is None else tuple(names)
+    missing = [n for n in names if n not in valid]
     if missing:
-        raise ResNetJaxError(f"unknown layer name(s) {missing}; valid names: {', '.join(out)}")
-    return {n: out[n] for n in names}
+        raise ResNetJaxError(
+            f"unknown layer name(s) {missing}; valid names: {', '.join(valid)}")
+    out = _compiled_features(model, names, train)(variables, images)
+    return {n: out[n] for n in names}  # jit returns the keys sorted
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_features(model: nn.Module, names: tuple, train: bool):
+    def run(variables, images):
+        mutable = ["intermediates"] + (["batch_stats"] if train else [])
+        _, state = model.apply(variables, images, train=train, mutable=mutable)
+        out = {tap_name(k): v[0] for k, v in state["intermediates"].items()}
+        return {n: out[n] for n in names}
+
+    return jax.jit(run)
+
+
+@functools.lru_cache(maxsize=64)
+def _layer_names(model: nn.Module, shape: tuple) -> tuple[str, ...]:
+    order = []
+
+    def trace(x):
+        variables = model.init(jax.random.key(0), x, train=False, mutable=True)
+        order.extend(tap_name(k) for k in variables.get("intermediates", {}))
+        return x
+
+    jax.eval_shape(trace, jax.ShapeDtypeStruct(shape, jnp.float32))
+    return tuple(order)
+
+
+def layer_names(model: nn.Module, input_shape_nhwc=None) -> tuple[str, ...]:
+    """The names of ``model``'s intermediate outputs, in forward order."""
+    shape = tuple(input_shape_nhwc) if input_shape_nhwc is not None else input_shape(model)
+    return _layer_names(model, (1,) + shape[1:])
 
 
 def with_new_head(model: nn.Module, variables, num_classes: int, rng: int | jax.Array = 0):

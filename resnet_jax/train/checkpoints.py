@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from ..checkpoint import save_args
 from ..errors import ResNetJaxError
@@ -33,6 +34,8 @@ class RunCheckpoints:
         ])
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy,
+            best_fn=lambda m: m[BEST_METRIC],  # makes orbax store the metrics with each step
+            best_mode="max",
             enable_async_checkpointing=False,  # buffers are donated to the next step
             create=create,
             cleanup_tmp_directories=True,
@@ -59,9 +62,11 @@ class RunCheckpoints:
 
         if step in self.all_steps():
             return self.directory / str(step)
+        # Host copies: a checkpoint written from 4 devices then loads on 1 (or on a GPU).
+        variables, opt_state = to_host(state.variables), to_host(state.opt_state)
         args = ocp.args.Composite(
-            **save_args(model, state.variables, arch=arch, **model_extra),
-            opt_state=ocp.args.StandardSave(state.opt_state),
+            **save_args(model, variables, arch=arch, **model_extra),
+            opt_state=ocp.args.StandardSave(opt_state),
             train=ocp.args.JsonSave(train_info),
         )
         self.manager.save(step, args=args, metrics=metrics, force=True)
@@ -94,6 +99,16 @@ class RunCheckpoints:
     def close(self):
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def to_host(tree):
+    """numpy copies of replicated arrays (each process holds the whole value)."""
+    def one(x):
+        if isinstance(x, jax.Array):
+            return np.asarray(x.addressable_data(0)) if not x.is_fully_addressable else np.asarray(x)
+        return x
+
+    return jax.tree_util.tree_map(one, tree)
 
 
 def abstract(tree):

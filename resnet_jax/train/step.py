@@ -41,8 +41,12 @@ def topk_correct(logits, labels, k: int):
     return (rank < k).astype(jnp.float32)
 
 
-def make_train_step(mean, std, num_classes: int, label_smoothing: float = 0.0):
-    """The un-jitted ``train_step`` for a data set's normalisation and class count."""
+def make_train_step(mean, std, num_classes: int, label_smoothing: float = 0.0,
+                    lr_schedule=None):
+    """The un-jitted ``train_step`` for a data set's normalisation and class count.
+
+    ``lr_schedule`` (the optimizer's schedule) only adds the step's ``lr`` to the metrics.
+    """
 
     def train_step(state: TrainState, batch):
         x = normalize(batch["image"], mean, std)
@@ -64,9 +68,12 @@ def make_train_step(mean, std, num_classes: int, label_smoothing: float = 0.0):
             "loss": loss,
             "accuracy": jnp.mean(topk_correct(logits, labels, 1)),
             "grad_norm": optax.global_norm(grads),
+            "param_norm": optax.global_norm(params),
         }
         if num_classes > 5:
             metrics["top5"] = jnp.mean(topk_correct(logits, labels, 5))
+        if lr_schedule is not None:
+            metrics["lr"] = jnp.asarray(lr_schedule(state.step), jnp.float32)
         new_state = state.replace(
             step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
         )

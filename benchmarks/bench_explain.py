@@ -1,0 +1,224 @@
+"""Speed of resnet_jax.explain against its peers, on the same machine, in the same process.
+
+1. Grad-CAM on resnet50 (torchvision weights, random, ported with ``port.from_torch``)
+   against pytorch-grad-cam: throughput (images/s) at batch 32 and latency at batch 1.
+   Both produce the same [0, 1] maps at ``layer4`` for the predicted class.
+2. Activation maximisation against torch-lucent: channel-steps per second for 16
+   ``layer4`` channels at once (one image per channel), 128x128 Fourier parameterisation
+   with decorrelated colour, Lucent's standard transforms (pad 12, jitter 8, scale
+   0.9-1.1, rotate +-10 degrees, jitter 4), upsampling to 224, ImageNet normalisation,
+   Adam 0.05, Lucent's channel objective (mean of the channel).
+
+Each measurement is taken after a warm-up (compilation), alternating ours and the peer's,
+and the median of the repeats is reported. The results go into BENCHMARKS.md, section
+"Explain", with the machine they ran on.
+
+    python benchmarks/bench_explain.py [--repeats 3] [--am-steps 4] [--no-write]
+
+Needs torch, torchvision, grad-cam and torch-lucent (which needs kornia<=0.4.1, decorator
+and ipython).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def machine_info() -> dict:
+    import jax
+    import torch
+    import torchvision
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+
+    def version(dist):
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as v
+
+        try:
+            return v(dist)
+        except PackageNotFoundError:
+            return "-"
+
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+        "python": platform.python_version(), "jax": jax.__version__,
+        "jax_backend": jax.default_backend(), "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(), "torchvision": torchvision.__version__,
+        "grad-cam": version("grad-cam"), "torch-lucent": version("torch-lucent"),
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def alternate(ours, theirs, repeats: int):
+    """Warm both up, then alternate; returns (median ours, median theirs) in seconds."""
+    ours()
+    theirs()
+    a, b = [], []
+    for _ in range(repeats):
+        a.append(timed(ours))
+        b.append(timed(theirs))
+    return statistics.median(a), statistics.median(b)
+
+
+def bench_gradcam(tv, model, variables, batch: int, repeats: int, rng):
+    import torch
+    from pytorch_grad_cam import GradCAM
+
+    from resnet_jax.explain import gradcam
+
+    x = rng.standard_normal((batch, 224, 224, 3)).astype(np.float32)
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    cam = GradCAM(tv, [tv.layer4])
+
+    def ours():
+        return gradcam(model, variables, x, layer="layer4")  # numpy maps: synchronised
+
+    def theirs():
+        return cam(xt, targets=None)
+
+    diff = float(np.abs(ours() - theirs()).max())
+    t_ours, t_theirs = alternate(ours, theirs, repeats)
+    cam.activations_and_grads.release()
+    return t_ours, t_theirs, diff
+
+
+def bench_am(tv, model, variables, steps: int, repeats: int, channels: int = 16, size: int = 128):
+    import jax
+    import torch
+    from lucent.optvis import objectives, param, render
+
+    from resnet_jax.explain import make_maximizer, objectives as O, transforms as T
+
+    objective = O.channel("layer4", range(channels), reduce="mean")
+    run = make_maximizer(model, objective, steps, image_size=size, param="fourier",
+                         transforms=T.standard_transforms(224), lr=0.05,
+                         redirect_relu_steps=0)
+    key = jax.random.key(0)
+
+    def ours():
+        jax.block_until_ready(run(variables, key))
+
+    lucent_obj = objectives.Objective.sum(
+        [objectives.channel("layer4", k, batch=k) for k in range(channels)])
+
+    def theirs():
+        render.render_vis(
+            tv, lucent_obj, lambda: param.image(size, batch=channels, fft=True, decorrelate=True),
+            thresholds=(steps,), show_image=False, progress=False, preprocess=True,
+        )
+
+    torch.manual_seed(0)
+    t_ours, t_theirs = alternate(ours, theirs, repeats)
+    return channels * steps / t_ours, channels * steps / t_theirs
+
+
+def write_section(path: Path, text: str):
+    """Replace (or append) the '## Explain' section of BENCHMARKS.md."""
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(r"^## Explain\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(old):
+        new = pattern.sub(lambda _: text, old)
+    else:
+        new = old.rstrip("\n") + "\n\n" + text
+    path.write_text(new)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--am-steps", type=int, default=4, help="optimisation steps per AM run")
+    ap.add_argument("--skip-am", action="store_true")
+    ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    args = ap.parse_args(argv)
+
+    import torch
+    import torchvision
+
+    from resnet_jax.port import from_torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet50().eval()
+    model, variables = from_torch(tv)
+    info = machine_info()
+    print("machine:", info)
+
+    rows = []
+    t32, p32, diff = bench_gradcam(tv, model, variables, 32, args.repeats, rng)
+    thr_ours, thr_theirs = 32 / t32, 32 / p32
+    rows.append(("Grad-CAM throughput, resnet50, batch 32, 224x224 (images/s)",
+                 f"{thr_ours:.2f}", f"{thr_theirs:.2f}", thr_ours / thr_theirs, ">= 3x"))
+    print(f"gradcam batch 32: ours {thr_ours:.2f} img/s, pytorch-grad-cam {thr_theirs:.2f} "
+          f"img/s, ratio {thr_ours / thr_theirs:.2f}x (max |map diff| {diff:.1e})")
+    t1, p1, diff1 = bench_gradcam(tv, model, variables, 1, max(args.repeats, 5), rng)
+    rows.append(("Grad-CAM latency, resnet50, batch 1, 224x224 (ms)",
+                 f"{t1 * 1e3:.0f}", f"{p1 * 1e3:.0f}", p1 / t1, "<= 1/3 (>= 3x)"))
+    print(f"gradcam batch 1: ours {t1 * 1e3:.0f} ms, pytorch-grad-cam {p1 * 1e3:.0f} ms, "
+          f"speed-up {p1 / t1:.2f}x (max |map diff| {diff1:.1e})")
+    if not args.skip_am:
+        am_ours, am_theirs = bench_am(tv, model, variables, args.am_steps, args.repeats)
+        rows.append((f"Activation maximisation, resnet50 layer4, 16 channels, 128x128 fft + "
+                     f"standard transforms (channel-steps/s, {args.am_steps} steps/run)",
+                     f"{am_ours:.2f}", f"{am_theirs:.2f}", am_ours / am_theirs, ">= 2x"))
+        print(f"maximize: ours {am_ours:.2f} channel-steps/s, torch-lucent {am_theirs:.2f}, "
+              f"ratio {am_ours / am_theirs:.2f}x")
+    info["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+    lines = [
+        "## Explain", "",
+        f"`python benchmarks/bench_explain.py --repeats {args.repeats} --am-steps {args.am_steps}`"
+        f" on {info['cpu']}, {info['cores']} cores ({info['platform']}), {info['date']}; "
+        f"jax {info['jax']} ({info['jax_backend']}), torch {info['torch']} "
+        f"({info['torch_threads']} threads), torchvision {info['torchvision']}, grad-cam "
+        f"{info['grad-cam']}, torch-lucent {info['torch-lucent']}. Load average "
+        f"{info['load']} at the start, {info['load_end']} at the end (the machine may have "
+        "been shared). Same process, same random torchvision weights, warm-up first, "
+        "alternating runs, medians.", "",
+        "| measurement | resnet-jax | peer | ratio | target |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name, ours, theirs, ratio, target in rows:
+        lines.append(f"| {name} | {ours} | {theirs} | {ratio:.2f}x | {target} |")
+    lines += ["", "Peers: pytorch-grad-cam `GradCAM(model, [model.layer4])` (its backward pass "
+              "also computes every weight's gradient, which Grad-CAM does not need); "
+              "torch-lucent `render_vis` with `param.image(128, batch=16)` and a sum of "
+              "`channel('layer4', k, batch=k)`.", ""]
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        write_section(args.out, text)
+        print(f"wrote section 'Explain' of {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Activation maximisation: gradient ascent on the input, compiled and batched.
+
+    from resnet_jax.explain import maximize, objectives as obj
+    imgs = maximize(model, variables, obj.channel("conv2", range(16)), steps=200)
+    imgs = maximize(model, variables, obj.class_logit(range(10)) - 0.05 * obj.l1())
+
+The whole optimisation - parameterisation -> image -> random transforms -> normalisation
+-> model -> objective, its gradient, the optax update and the projection - is one
+``lax.scan`` inside one ``jax.jit``: no Python runs per step. A batch of units (one per
+image) is optimised together, each image receiving the gradient of its own objective.
+
+Dead ReLUs: for the first ``redirect_relu_steps`` steps every ReLU uses Lucid's
+redirected gradient (``relu.redirected_relu``), so units that start switched off still
+receive a signal; the remaining steps use the true gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ..errors import ResNetJaxError
+from . import base
+from .objectives import Objective
+from .param import Param, get_param
+from .relu import redirected_relu, relu_override
+from .transforms import compose, standard_transforms
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def default_normalization(model):
+    """ImageNet mean/std for RGB ImageNet-stem ResNets, none (images in [0, 1]) otherwise."""
+    from ..models import ResNet
+
+    if isinstance(model, ResNet) and model.in_channels == 3 and model.stem == "imagenet":
+        return IMAGENET_MEAN, IMAGENET_STD
+    return None
+
+
+def _image_hw(model, image_size):
+    from ..models import input_shape
+
+    fixed = base.expected_hw(model)
+    if fixed is not None:
+        if image_size is not None and tuple(np.broadcast_to(image_size, 2)) != fixed:
+            raise ResNetJaxError(f"this model takes {fixed[0]}x{fixed[1]} images only")
+        return fixed
+    if image_size is None:
+        return tuple(input_shape(model)[1:3])
+    return tuple(int(s) for s in np.broadcast_to(image_size, 2))
+
+
+def make_maximizer(model, objective: Objective, steps: int = 256, *, batch: int | None = None,
+                   image_size=None, param: str | Param | None = None,
+                   transforms: str | Sequence | None = "auto", lr: float = 0.05,
+                   optimizer: optax.GradientTransformation | None = None,
+                   redirect_relu_steps: int = 16, normalize="auto"):
+    """The compiled program ``run(variables, key) -> (images, values)``.
+
+    ``images``: (B, H, W, C) in [0, 1]; ``values``: (steps, B) objective per step.
+    Call it again (new key, new variables of the same shapes) without recompiling.
+    """
+    if not isinstance(objective, Objective):
+        raise ResNetJaxError(f"objective must be an Objective, got {type(objective).__name__}")
+    hw = _image_hw(model, image_size)
+    b = batch or objective.batch or 1
+    if objective.batch is not None and batch is not None and batch != objective.batch:
+        raise ResNetJaxError(f"the objective covers {objective.batch} images, batch={batch}")
+    c = int(getattr(model, "in_channels", 3))
+    rgb_imagenet = default_normalization(model) is not None
+    p = get_param(param if param is not None else ("fourier" if c == 3 else "box"))
+    if isinstance(transforms, str):
+        if transforms == "auto":
+            transforms = (standard_transforms(224 if min(hw) < 224 else None)
+                          if rgb_imagenet else [])
+        elif transforms == "standard":
+            transforms = standard_transforms()
+        elif transforms == "none":
+            transforms = []
+        else:
+            raise ResNetJaxError(f"unknown transforms {transforms!r}; use 'auto', "
+                                 "'standard', 'none' or a list")
+    tf = compose(transforms or [])
+    norm = default_normalization(model) if normalize == "auto" else normalize
+    opt = optimizer or optax.adam(lr)
+    shape = (b, hw[0], hw[1], c)
+    steps = int(steps)
+    redirect = max(0, min(int(redirect_relu_steps), steps))
+
+    def loss(params, variables, key):
+        img = p.image(params, hw)
+        x = tf(key, img)
+        if norm is not None:
+            x = (x - jnp.asarray(norm[0], x.dtype)) / jnp.asarray(norm[1], x.dtype)
+        _, acts = base.apply_with_taps(model, variables, x)
+        values = objective(acts, img)
+        return -jnp.sum(values), values
+
+    def make_step(variables, key):
+        # A new function object per scan, so the redirected and the true gradient are
+        # traced separately.
+        def step(carry, i):
+            params, opt_state = carry
+            g, values = jax.grad(loss, has_aux=True)(params, variables, jax.random.fold_in(key, i))
+            updates, opt_state = opt.update(g, opt_state, params)
+            params = p.project(optax.apply_updates(params, updates))
+            return (params, opt_state), values
+
+        return step
+
+    def run(variables, key):
+        variables = base.model_variables(variables)
+        k_init, k_steps = jax.random.split(key)
+        params = p.init(k_init, shape)
+        carry = (params, opt.init(params))
+        history = []
+        if redirect:
+            with relu_override(redirected_relu):
+                carry, h = jax.lax.scan(make_step(variables, k_steps), carry,
+                                        jnp.arange(redirect))
+            history.append(h)
+        if steps > redirect:
+            carry, h = jax.lax.scan(make_step(variables, k_steps), carry,
+                                    jnp.arange(redirect, steps))
+            history.append(h)
+        values = jnp.concatenate(history) if history else jnp.zeros((0, b))
+        return p.image(carry[0], hw), values
+
+    return jax.jit(run)
+
+
+def check_objective(model, variables, objective: Objective, image_size=None):
+    """Raise a ResNetJaxError listing the valid names if the objective reads unknown ones,
+    or a unit index out of range."""
+    hw = _image_hw(model, image_size)
+    shapes = base.layer_shapes(model, variables, (1, hw[0], hw[1], model.in_channels))
+    objective.check(shapes)
+
+
+def maximize(model, variables, objective: Objective, steps: int = 256, *, seed: int = 0,
+             return_values: bool = False, **options):
+    """Images that maximise ``objective``: (B, H, W, C) numpy in [0, 1].
+
+    Options (see ``make_maximizer``): ``batch`` (default: the objective's number of
+    units), ``image_size``, ``param`` ("fourier" (default for RGB), "pixel", "box"
+    (default for grayscale: raw pixels in [0, 1]) or a ``Param``), ``transforms``
+    ("auto": Lucent's standard set for ImageNet models, none otherwise; "standard";
+    "none"; or a list), ``lr`` / ``optimizer`` (Adam 0.05), ``redirect_relu_steps`` (16),
+    ``normalize`` ("auto": ImageNet mean/std for ImageNet ResNets; None; or (mean, std)).
+    With ``return_values`` also returns the objective per step, (steps, B).
+    """
+    check_objective(model, variables, objective, options.get("image_size"))
+    run = make_maximizer(model, objective, steps, **options)
+    images, values = run(base.model_variables(variables), jax.random.key(seed))
+    images = np.asarray(images)
+    return (images, np.asarray(values)) if return_values else images
+
+
+def evaluate(model, variables, objective: Objective, images, normalize="auto") -> np.ndarray:
+    """The objective of ``images`` (in [0, 1], no transforms): (B,)."""
+    x = jnp.asarray(images, jnp.float32)
+    norm = default_normalization(model) if normalize == "auto" else normalize
+    xin = x if norm is None else (x - jnp.asarray(norm[0])) / jnp.asarray(norm[1])
+    _, acts = base.apply_with_taps(model, variables, xin)
+    return np.asarray(objective(acts, x))

@@ -1,0 +1,159 @@
+"""Random transformations for robust activation maximisation (Lucid's "transformation
+robustness"): each is ``fn(key, images) -> images`` with a shape fixed at trace time.
+
+Geometric transforms (pad, jitter, scale, rotate, resize) are affine maps of pixel
+coordinates; ``compose`` multiplies the matrices of consecutive ones and resamples the
+image once (bilinear), so a chain of four costs one resample. Points that fall outside
+the image read ``fill``. One random draw per step is shared by the batch, as in Lucent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Affine:
+    """``matrix(key, in_hw) -> (M, out_hw)`` with ``M`` (3x3) taking output pixel
+    coordinates (y, x, 1) to input coordinates."""
+
+    matrix: Callable
+    fill: float = 0.0
+    name: str = ""
+
+    def __call__(self, key, images):
+        return compose([self])(key, images)
+
+
+def _shift(dy, dx):
+    return jnp.array([[1.0, 0.0, dy], [0.0, 1.0, dx], [0.0, 0.0, 1.0]], jnp.float32)
+
+
+def _about_center(m2, hw):
+    cy, cx = (hw[0] - 1) / 2.0, (hw[1] - 1) / 2.0
+    m = jnp.eye(3, dtype=jnp.float32).at[:2, :2].set(m2)
+    return _shift(cy, cx) @ m @ _shift(-cy, -cx)
+
+
+def pad(width: int, fill: float = 0.5) -> Affine:
+    """Pad every side by ``width`` pixels of value ``fill``."""
+    return Affine(lambda key, hw: (_shift(-width, -width), (hw[0] + 2 * width, hw[1] + 2 * width)),
+                  fill, f"pad({width})")
+
+
+def jitter(d: int) -> Affine:
+    """Translate by a random whole number of pixels in [0, d) along each axis."""
+
+    def matrix(key, hw):
+        dy, dx = jax.random.randint(key, (2,), 0, d).astype(jnp.float32)
+        return _shift(-dy, -dx), hw
+
+    return Affine(matrix, 0.0, f"jitter({d})")
+
+
+def random_scale(scales: Sequence[float]) -> Affine:
+    """Zoom about the centre by a factor drawn from ``scales`` (the size is kept)."""
+    choices = jnp.asarray(scales, jnp.float32)
+
+    def matrix(key, hw):
+        s = jax.random.choice(key, choices)
+        return _about_center(jnp.eye(2) / s, hw), hw
+
+    return Affine(matrix, 0.0, "random_scale")
+
+
+def random_rotate(degrees: Sequence[float]) -> Affine:
+    """Rotate about the centre by an angle (degrees) drawn from ``degrees``."""
+    choices = jnp.asarray(degrees, jnp.float32) * (math.pi / 180.0)
+
+    def matrix(key, hw):
+        a = jax.random.choice(key, choices)
+        c, s = jnp.cos(a), jnp.sin(a)
+        # output -> input is the inverse rotation
+        return _about_center(jnp.array([[c, -s], [s, c]]), hw), hw
+
+    return Affine(matrix, 0.0, "random_rotate")
+
+
+def resize(size: int | tuple[int, int]) -> Affine:
+    """Bilinear resize with aligned corners (as Lucent's final upsampling to 224)."""
+    out = (size, size) if np.isscalar(size) else tuple(size)
+
+    def matrix(key, hw):
+        sy = (hw[0] - 1) / max(out[0] - 1, 1)
+        sx = (hw[1] - 1) / max(out[1] - 1, 1)
+        return jnp.diag(jnp.array([sy, sx, 1.0], jnp.float32)), out
+
+    return Affine(matrix, 0.0, f"resize({out})")
+
+
+def warp(images, m, out_hw, fill):
+    """Bilinear sampling of (B, H, W, C) images at ``m @ (y, x, 1)`` for each output pixel."""
+    h, w = images.shape[1:3]
+    ys, xs = jnp.meshgrid(jnp.arange(out_hw[0], dtype=jnp.float32),
+                          jnp.arange(out_hw[1], dtype=jnp.float32), indexing="ij")
+    sy = m[0, 0] * ys + m[0, 1] * xs + m[0, 2]
+    sx = m[1, 0] * ys + m[1, 1] * xs + m[1, 2]
+    y0, x0 = jnp.floor(sy), jnp.floor(sx)
+    fy, fx = sy - y0, sx - x0
+    y0, x0 = y0.astype(jnp.int32), x0.astype(jnp.int32)
+    out = 0.0
+    for dy, wy in ((0, 1.0 - fy), (1, fy)):
+        for dx, wx in ((0, 1.0 - fx), (1, fx)):
+            yy, xx = y0 + dy, x0 + dx
+            valid = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+            v = images[:, jnp.clip(yy, 0, h - 1), jnp.clip(xx, 0, w - 1), :]
+            v = jnp.where(valid[None, :, :, None], v, fill)
+            out = out + (wy * wx)[None, :, :, None] * v
+    return out.astype(images.dtype)
+
+
+def compose(transforms: Sequence[Callable]) -> Callable:
+    """Apply ``transforms`` in order; consecutive ``Affine`` ones are resampled once."""
+    transforms = list(transforms)
+
+    def run(key, images):
+        keys = jax.random.split(key, max(len(transforms), 1))
+        i = 0
+        while i < len(transforms):
+            if not isinstance(transforms[i], Affine):
+                images = transforms[i](keys[i], images)
+                i += 1
+                continue
+            m = jnp.eye(3, dtype=jnp.float32)
+            hw = tuple(images.shape[1:3])
+            fill = transforms[i].fill
+            while i < len(transforms) and isinstance(transforms[i], Affine):
+                mi, hw = transforms[i].matrix(keys[i], hw)
+                m = m @ mi
+                i += 1
+            images = warp(images, m, hw, fill)
+        return images
+
+    return run
+
+
+def standard_transforms(upsample_to: int | None = None) -> list:
+    """Lucent's ``standard_transforms``: pad 12 (0.5), jitter 8, scale 0.9-1.1, rotate
+    -10..10 degrees (0 weighted up), jitter 4; then optionally the upsampling to
+    ``upsample_to`` that Lucent applies to images smaller than 224."""
+    out = [
+        pad(12, 0.5),
+        jitter(8),
+        random_scale([1 + (i - 5) / 50.0 for i in range(11)]),
+        random_rotate(list(range(-10, 11)) + 5 * [0]),
+        jitter(4),
+    ]
+    if upsample_to:
+        out.append(resize(upsample_to))
+    return out
+
+
+__all__ = ["Affine", "compose", "jitter", "pad", "random_rotate", "random_scale", "resize",
+           "standard_transforms", "warp"]

@@ -1,0 +1,70 @@
+"""Shared helpers: torchvision references with randomized weights and statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+
+torch.set_num_threads(2)
+
+
+def randomize_batchnorm(model, seed: int = 0):
+    """Random BatchNorm affine parameters and running statistics (defaults of 0 and 1
+    would hide a transposed or swapped tensor)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.num_batches_tracked.fill_(int(torch.randint(0, 1000, (1,), generator=g)))
+    return model
+
+
+def torchvision_model(arch: str, seed: int = 0, **kwargs):
+    """A torchvision model with random weights and randomized BatchNorm, in eval mode."""
+    torch.manual_seed(seed)
+    model = torchvision.models.get_model(arch, weights=None, **kwargs)
+    return randomize_batchnorm(model, seed).eval()
+
+
+def nchw(x: np.ndarray):
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def nhwc(t) -> np.ndarray:
+    t = t.detach().numpy()
+    return t.transpose(0, 2, 3, 1) if t.ndim == 4 else t
+
+
+def rel_err(ours, ref) -> float:
+    """L2 norm of the difference over the L2 norm of the reference."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
+
+
+def torch_stages(model, x_nchw, names=("layer1", "layer2", "layer3", "layer4")):
+    """torchvision's outputs of the named submodules and the logits, by forward hooks."""
+    out, handles = {}, []
+    for name in names:
+        mod = model.get_submodule(name)
+        handles.append(mod.register_forward_hook(
+            lambda _m, _i, o, name=name: out.__setitem__(name, nhwc(o))))
+    try:
+        out["fc"] = model(x_nchw).detach().numpy()
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+@pytest.fixture
+def rng():
+    """A fresh numpy generator per test (draws differ between tests)."""
+    return np.random.default_rng()

@@ -1,0 +1,178 @@
+"""Activation maximisation: objectives, parameterisations, transforms, the compiled loop,
+and the course's experiments on a digit CNN trained on scikit-learn's digits."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import resnet_jax
+from resnet_jax.errors import ResNetJaxError
+from resnet_jax.explain import (
+    evaluate, make_maximizer, maximize, objectives as O, param, testing, transforms as T,
+)
+from resnet_jax.explain.base import apply_with_taps
+from resnet_jax.explain.relu import redirected_relu, relu_override
+
+INK = 0.05  # a pixel "has ink" above this value (images in [0, 1])
+L1 = 0.2
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    xtr, ytr, xte, yte = testing.digits(seed=0)
+    model = resnet_jax.create_model("digit_cnn")
+    variables = testing.train_classifier(model, xtr, ytr, steps=150, batch=64, lr=3e-3)
+    assert testing.accuracy(model, variables, xte, yte) > 0.9
+    return model, variables, xte
+
+
+@pytest.fixture(scope="module")
+def units(digits_model):
+    """The course's pictures: the first 16 conv2 filters (a^k = sum_ij a^k_ij) that respond
+    to some digit (training can leave a filter dead for every input), 9 neurons of the
+    dense layer (dead ones included: the redirected ReLU revives them), the 10 logits."""
+    model, variables, x_test = digits_model
+    _, acts = apply_with_taps(model, variables, jnp.asarray(x_test))
+    alive = np.asarray(acts["conv2"]).max(axis=(0, 1, 2)) > 0
+    filters = [int(k) for k in np.flatnonzero(alive)[:16]]
+    assert len(filters) == 16
+    return {"conv2": (O.channel, filters), "hidden": (O.neuron, list(range(9))),
+            "fc": (O.neuron, list(range(10)))}
+
+
+@pytest.fixture(scope="module")
+def optimized(digits_model, units):
+    """All units, and the class logits with the L1 penalty, in one compiled program."""
+    model, variables, _ = digits_model
+    parts = [make(layer, idx) for layer, (make, idx) in units.items()]
+    parts.append(O.class_logit(range(10)) - L1 * O.l1())
+    objective = O.stack(parts)
+    assert objective.batch == 16 + 9 + 10 + 10
+    images, values = maximize(model, variables, objective, steps=150, lr=0.05,
+                              return_values=True)
+    return images, values
+
+
+def test_each_optimized_input_beats_every_real_image(digits_model, units, optimized):
+    model, variables, x_test = digits_model
+    images, _ = optimized
+    assert images.shape == (45, 28, 28, 1) and images.min() >= 0 and images.max() <= 1
+    _, acts = apply_with_taps(model, variables, jnp.asarray(x_test))
+    start = 0
+    for layer, (make, idx) in units.items():
+        for k in idx:
+            unit = make(layer, k)
+            real_best = float(np.max(np.asarray(unit(acts, jnp.asarray(x_test)))))
+            ours = float(evaluate(model, variables, unit, images[start:start + 1])[0])
+            assert ours > real_best, (layer, k, ours, real_best)
+            start += 1
+
+
+def test_l1_penalty_removes_most_ink(digits_model, optimized):
+    images, values = optimized
+    plain, sparse = images[-20:-10], images[-10:]
+    ink_plain = np.mean(plain > INK, axis=(1, 2, 3))
+    ink_sparse = np.mean(sparse > INK, axis=(1, 2, 3))
+    assert ink_sparse.sum() <= 0.5 * ink_plain.sum(), (ink_sparse, ink_plain)
+    # the objective went up during the optimisation
+    assert np.all(values[-1] > values[0])
+
+
+def test_objectives_compose_as_pure_functions():
+    key = jax.random.key(0)
+    acts = {"conv": jax.random.normal(key, (3, 5, 5, 4)), "dense": jnp.arange(12.0).reshape(3, 4)}
+    x = jax.random.uniform(key, (3, 6, 6, 1))
+    obj = 2.0 * O.channel("conv", [0, 1, 3]) - 0.5 * O.l1() + O.neuron("dense", 2) / 4 - 1.0
+    got = obj(acts, x)
+    sums = np.asarray(acts["conv"]).sum((1, 2))
+    want = (2 * sums[np.arange(3), [0, 1, 3]] - 0.5 * np.abs(np.asarray(x)).sum((1, 2, 3))
+            + np.asarray(acts["dense"])[:, 2] / 4 - 1.0)
+    assert np.allclose(got, want, rtol=1e-5)
+    assert obj.batch == 3 and set(obj.layers) == {"conv", "dense"}
+    pos = O.neuron("conv", 2, y=1, x=4)(acts, x)
+    assert np.allclose(pos, np.asarray(acts["conv"])[:, 1, 4, 2])
+    xs = np.asarray(x)
+    tv = np.abs(np.diff(xs, axis=1)).sum((1, 2, 3)) + np.abs(np.diff(xs, axis=2)).sum((1, 2, 3))
+    assert np.allclose(O.tv()(acts, x), tv, rtol=1e-5)
+    assert np.allclose(O.l2()(acts, x), (xs ** 2).sum((1, 2, 3)), rtol=1e-5)
+    with pytest.raises(ResNetJaxError, match="valid layer names: conv, dense"):
+        O.channel("nope", 0).check({"conv": (1, 5, 5, 4), "dense": (1, 4)})
+    with pytest.raises(ResNetJaxError, match="out of range"):
+        O.channel("conv", [1, 4]).check({"conv": (1, 5, 5, 4)})
+    with pytest.raises(ResNetJaxError, match="different sizes"):
+        O.channel("conv", range(3)) + O.neuron("dense", range(4))
+
+
+def test_fourier_parameterization_is_lucids():
+    p = param.fourier(decorrelate_colors=True)
+    spec = p.init(jax.random.key(1), (2, 12, 15, 3))
+    assert spec.shape == (2, 3, 12, 9, 2)  # odd width keeps one extra column, as Lucid
+    img = np.asarray(p.image(spec, (12, 15)))
+    # numpy re-statement of lucent.optvis.param.spatial.fft_image + color.to_valid_rgb
+    s = np.asarray(spec, np.float64)
+    freqs = param.rfft2d_freqs(12, 15)
+    scale = 1.0 / np.maximum(freqs, 1.0 / 15)
+    ref = np.fft.irfftn((s[..., 0] + 1j * s[..., 1]) * scale, s=(12, 15), axes=(2, 3),
+                        norm="ortho") / 4.0
+    ref = np.moveaxis(ref, 1, -1) @ param.COLOR_CORRELATION_NORMALIZED.T
+    ref = 1 / (1 + np.exp(-ref))
+    assert img.shape == (2, 12, 15, 3) and np.abs(img - ref).max() < 1e-5
+
+
+def test_transforms_keep_static_shapes_and_identity():
+    x = jax.random.uniform(jax.random.key(2), (2, 20, 20, 3))
+    key = jax.random.key(3)
+    out = jax.jit(T.compose(T.standard_transforms()))(key, x)
+    assert out.shape == (2, 44, 44, 3)
+    assert jax.eval_shape(T.compose(T.standard_transforms(224)), key, x).shape == (2, 224, 224, 3)
+    same = jax.jit(T.compose([T.random_scale([1.0]), T.random_rotate([0.0])]))(key, x)
+    assert np.abs(np.asarray(same) - np.asarray(x)).max() < 1e-5
+    padded = jax.jit(T.pad(3, 0.5))(key, x)
+    assert np.allclose(padded[:, :3], 0.5) and np.allclose(padded[:, 3:-3, 3:-3], x)
+    # a 90 degree rotation is exact on the pixel grid
+    rot = jax.jit(T.random_rotate([90.0]))(key, x)
+    assert np.abs(np.asarray(rot) - np.rot90(np.asarray(x), 1, axes=(1, 2))).max() < 1e-4 or \
+        np.abs(np.asarray(rot) - np.rot90(np.asarray(x), -1, axes=(1, 2))).max() < 1e-4
+    assert jax.eval_shape(T.jitter(5), key, x).shape == x.shape
+
+
+def test_redirected_relu_passes_gradient_to_dead_units():
+    x = jnp.array([[-1.0, -2.0], [3.0, -1.0]])
+
+    def loss(x, relu):
+        return -jnp.sum(relu(x) * jnp.array([1.0, 1.0]))
+
+    plain = jax.grad(loss)(x, jax.nn.relu)
+    redirected = jax.grad(loss)(x, redirected_relu)
+    assert np.all(np.asarray(plain[0]) == 0)  # a dead example: no signal
+    assert np.all(np.asarray(redirected[0]) < 0)  # redirected: pushed upwards
+    assert np.allclose(redirected[1], plain[1])  # live examples keep the true gradient
+    with relu_override(redirected_relu):
+        import flax.linen as nn
+
+        assert nn.relu is redirected_relu
+    assert nn.relu is not redirected_relu
+
+
+def test_optimization_loop_is_one_compiled_scan(digits_model):
+    model, variables, _ = digits_model
+    obj = O.class_logit(range(10))
+    sizes = []
+    for steps in (20, 400):
+        run = make_maximizer(model, obj, steps=steps, redirect_relu_steps=8)
+        jaxpr = jax.make_jaxpr(run)(variables, jax.random.key(0))
+        text = str(jaxpr)
+        assert text.count("scan[") >= 2 or text.count("scan(") >= 2 or "scan" in text
+        sizes.append(len(text))
+    assert abs(sizes[0] - sizes[1]) < 50  # the program does not grow with the steps
+
+
+def test_maximize_rejects_bad_objectives(digits_model):
+    model, variables, _ = digits_model
+    with pytest.raises(ResNetJaxError, match="valid layer names: conv1, pool1, conv2"):
+        maximize(model, variables, O.channel("layer4", 0), steps=2)
+    with pytest.raises(ResNetJaxError, match="out of range"):
+        maximize(model, variables, O.class_logit(10), steps=2)

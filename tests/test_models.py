@@ -1,0 +1,137 @@
+"""The model family itself: sizes, shapes, initialisation, options and errors."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import resnet_jax
+from resnet_jax.errors import ResNetJaxError
+from resnet_jax.models import TORCHVISION_ARCHS
+from resnet_jax.port import to_torch
+
+
+@pytest.mark.parametrize("arch", TORCHVISION_ARCHS)
+def test_parameter_count_equals_torchvision(arch):
+    with torch.device("meta"):
+        tv = torchvision.models.get_model(arch, weights=None)
+    expected = sum(p.numel() for p in tv.parameters())
+    variables = resnet_jax.abstract_variables(resnet_jax.create_model(arch))
+    assert resnet_jax.count_params(variables["params"]) == expected
+    if arch == "resnet18":
+        assert expected == 11_689_512
+
+
+def test_course_resnet_shape_trace():
+    """The course's MyResNet on a 224x224 image: conv1 112x112x64, maxpool 56x56x64,
+    layer1 56x56x64, layer2 28x28x128, pooled 128, logits 2."""
+    model = resnet_jax.create_model("my_resnet")
+    variables = resnet_jax.init_variables(model)
+    out = resnet_jax.features(model, variables, jnp.ones((1, 224, 224, 3)))
+    shapes = {k: v.shape[1:] for k, v in out.items()}
+    assert shapes["conv1"] == (112, 112, 64)
+    assert shapes["maxpool"] == (56, 56, 64)
+    assert shapes["layer1"] == (56, 56, 64)
+    assert shapes["layer2"] == (28, 28, 128)
+    assert shapes["avgpool"] == (128,)
+    assert shapes["fc"] == (2,)
+    assert list(out) == ["conv1", "bn1", "relu", "maxpool", "layer1.0", "layer1",
+                         "layer2.0", "layer2", "avgpool", "fc"]
+
+
+def test_course_digit_cnn_shapes():
+    model = resnet_jax.create_model("digit_cnn")
+    variables = resnet_jax.init_variables(model)
+    out = resnet_jax.features(model, variables, jnp.ones((3, 28, 28, 1)))
+    assert out["conv1"].shape == (3, 26, 26, 25)
+    assert out["conv2"].shape == (3, 11, 11, 50)  # the course's 50 x 11 x 11
+    assert out["flatten"].shape == (3, 1250)
+    assert out["fc"].shape == (3, 10)
+
+
+def test_stage_outputs_chain_like_the_course():
+    """Running the layers one after another gives the named outputs, as the course does
+    with model.layer1(out2): each named output is the next one's input."""
+    model = resnet_jax.create_model("resnet18", num_classes=10)
+    variables = resnet_jax.init_variables(model)
+    out = resnet_jax.features(model, variables, jnp.ones((1, 64, 64, 3)))
+    assert [k for k in out if k.startswith("layer")] == [
+        "layer1.0", "layer1.1", "layer1", "layer2.0", "layer2.1", "layer2",
+        "layer3.0", "layer3.1", "layer3", "layer4.0", "layer4.1", "layer4"]
+    np.testing.assert_array_equal(out["layer1"], out["layer1.1"])
+    np.testing.assert_allclose(out["avgpool"], out["layer4"].mean(axis=(1, 2)), rtol=1e-6)
+
+
+def test_initialisation_matches_torchvision_statistics():
+    """Every tensor starts with the same distribution as torchvision's: kaiming normal
+    (fan_out) convolutions, torch's default Linear, BatchNorm scale 1 / bias 0, and with
+    zero_init_residual the same BatchNorm scales at zero."""
+    for zero in (False, True):
+        torch.manual_seed(0)
+        tv = torchvision.models.resnet50(zero_init_residual=zero).state_dict()
+        model = resnet_jax.create_model("resnet50", zero_init_residual=zero)
+        ours = to_torch(resnet_jax.init_variables(model, 1), model, as_numpy=True)
+        assert list(ours) == list(tv)
+        for key, value in ours.items():
+            ref = tv[key].numpy().astype(np.float64)
+            value = value.astype(np.float64)
+            if ref.std() == 0:
+                np.testing.assert_array_equal(value, ref, err_msg=key)
+            else:
+                assert abs(value.std() / ref.std() - 1) < 0.1, key
+                assert abs(value.mean() - ref.mean()) < 0.1 * ref.std() + 1e-3, key
+                assert np.abs(value).max() <= np.abs(ref).max() * 1.6, key
+
+
+def test_grayscale_and_small_stem():
+    model = resnet_jax.create_model("resnet18", num_classes=10, in_channels=1, stem="small")
+    variables = resnet_jax.init_variables(model)
+    out = resnet_jax.features(model, variables, jnp.ones((2, 32, 32, 1)), ["conv1", "layer4", "fc"])
+    assert out["conv1"].shape == (2, 32, 32, 64)  # 3x3/1, no max-pool
+    assert out["layer4"].shape == (2, 4, 4, 512)
+    assert out["fc"].shape == (2, 10)
+    with pytest.raises(ValueError, match="1 channels"):
+        model.apply(variables, jnp.ones((2, 32, 32, 3)))
+
+
+def test_bfloat16_compute():
+    model = resnet_jax.create_model("resnet18", dtype=jnp.bfloat16)
+    variables = resnet_jax.init_variables(model)
+    conv1 = resnet_jax.features(model, variables, jnp.ones((1, 64, 64, 3)), ["conv1"])["conv1"]
+    assert conv1.dtype == jnp.bfloat16
+    assert variables["params"]["conv1"]["kernel"].dtype == jnp.float32
+
+
+def test_registry_errors_name_the_valid_choices():
+    with pytest.raises(ResNetJaxError, match="resnet18.*Known architectures: resnet18, resnet34"):
+        resnet_jax.create_model("resnet19")
+    with pytest.raises(TypeError, match="no option.*'widht'"):
+        resnet_jax.create_model("resnet18", widht=3)
+    model = resnet_jax.create_model("my_resnet")
+    variables = resnet_jax.init_variables(model)
+    with pytest.raises(ResNetJaxError, match="layer9.*valid names: conv1, bn1"):
+        resnet_jax.features(model, variables, jnp.ones((1, 64, 64, 3)), ["layer9"])
+
+
+def test_model_config_round_trip():
+    for arch in resnet_jax.ARCHS:
+        model = resnet_jax.create_model(arch, dtype=jnp.bfloat16)
+        again = resnet_jax.model_from_config(resnet_jax.model_config(model))
+        assert again == model
+
+
+def test_new_head_keeps_backbone():
+    model = resnet_jax.create_model("resnet18")
+    variables = resnet_jax.init_variables(model)
+    new_model, new_vars = resnet_jax.models.with_new_head(model, variables, 7, rng=3)
+    assert new_model.num_classes == 7
+    assert new_vars["params"]["fc"]["kernel"].shape == (512, 7)
+    same = jax.tree_util.tree_map(
+        lambda a, b: bool((np.asarray(a) == np.asarray(b)).all()),
+        {k: v for k, v in variables["params"].items() if k != "fc"},
+        {k: v for k, v in new_vars["params"].items() if k != "fc"})
+    assert all(jax.tree_util.tree_leaves(same))

@@ -1,0 +1,103 @@
+"""Every torchvision architecture, ported, gives torchvision's numbers (eval mode)."""
+
+from __future__ import annotations
+
+import copy
+
+import jax
+import numpy as np
+import pytest
+import torch
+from conftest import nchw, rel_err, torch_stages, torchvision_model
+
+import resnet_jax
+from resnet_jax.models import TORCHVISION_ARCHS
+from resnet_jax.port import from_torch
+
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+TOL = 1e-5
+
+
+@pytest.mark.parametrize("arch", TORCHVISION_ARCHS)
+def test_eval_parity_every_stage(arch, rng):
+    tv = torchvision_model(arch, seed=int(rng.integers(1 << 30)))
+    model, variables = from_torch(tv)
+    assert type(model).__name__ == "ResNet" and model.num_classes == 1000
+
+    run = jax.jit(lambda v, x: resnet_jax.features(model, v, x, STAGES + ("fc",)))
+    for shape in [(2, 224, 224, 3), (1, 193, 257, 3)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        with torch.no_grad():
+            ref = torch_stages(tv, nchw(x), STAGES)
+        ours = jax.device_get(run(variables, x))
+        for name in STAGES + ("fc",):
+            assert ours[name].shape == ref[name].shape, name
+            err = rel_err(ours[name], ref[name])
+            print(f"{arch} {shape} {name}: {err:.2e}")
+            assert err <= TOL, f"{arch} {shape} {name}: relative error {err:.2e}"
+        np.testing.assert_array_equal(ours["fc"].argmax(-1), ref["fc"].argmax(-1))
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "resnext50_32x4d"])
+def test_train_mode_forward_and_running_statistics(arch, rng):
+    """Batch statistics in the forward pass, and torch's running-statistics update:
+    running = 0.9 * running + 0.1 * batch, with the batch variance entering unbiased
+    (times n / (n - 1)) as torch keeps it, and num_batches_tracked counting up.
+
+    Normalising by the statistics of a small batch is ill-conditioned: torch's own float32
+    result is ~1e-5 from float64 for bottleneck nets. So the reference is torchvision in
+    float64, and we must be within 1e-5 of it or as close as torch's float32 is.
+    """
+    tv = torchvision_model(arch, seed=int(rng.integers(1 << 30)))
+    model, variables = from_torch(tv)
+    tv64 = copy.deepcopy(tv).double().train()
+    tv.train()
+    x = rng.standard_normal((4, 96, 96, 3)).astype(np.float32)
+    with torch.no_grad():
+        ref32 = tv(nchw(x)).numpy()
+        ref64 = tv64(nchw(x).double()).numpy()
+    state32 = {k: v.numpy() for k, v in tv.state_dict().items()}
+    state64 = {k: v.numpy() for k, v in tv64.state_dict().items()}
+
+    logits, updated = jax.jit(
+        lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
+    bound = max(TOL, 1.5 * rel_err(ref32, ref64))
+    assert rel_err(logits, ref64) <= bound
+    np.testing.assert_array_equal(np.argmax(logits, -1), ref64.argmax(-1))
+
+    after = resnet_jax.port.to_torch({**variables, **updated}, model, as_numpy=True)
+    for key, value in after.items():
+        if key.endswith("num_batches_tracked"):
+            assert value == state32[key], key
+        elif "running" in key:
+            bound = max(TOL, 1.5 * rel_err(state32[key], state64[key]))
+            assert rel_err(value, state64[key]) <= bound, key
+
+    # The unbiased correction, checked on the stem's BatchNorm against its own input.
+    conv1 = resnet_jax.features(model, variables, x, ["conv1"])["conv1"]
+    c = np.asarray(conv1, np.float64).reshape(-1, conv1.shape[-1])
+    n = c.shape[0]
+    before = np.asarray(variables["batch_stats"]["bn1"]["var"], np.float64)
+    expected = 0.9 * before + 0.1 * c.var(0) * n / (n - 1)
+    got = np.asarray(updated["batch_stats"]["bn1"]["var"], np.float64)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    biased = 0.9 * before + 0.1 * c.var(0)
+    # The difference from a biased update is 0.1 * var / (n - 1): tiny next to the running
+    # variance, so it is resolved only to float32's rounding of the latter (~6e-8).
+    np.testing.assert_allclose(got - biased, 0.1 * c.var(0) / (n - 1), rtol=0.1, atol=1.5e-7)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_statistics(rng):
+    tv = torchvision_model("resnet18", seed=int(rng.integers(1 << 30)))
+    _, variables = from_torch(tv)
+    model = resnet_jax.create_model("resnet18", dtype=jax.numpy.bfloat16)
+    x = rng.standard_normal((2, 96, 96, 3)).astype(np.float32)
+    with torch.no_grad():
+        ref = tv(nchw(x)).numpy()
+    logits, updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert all(leaf.dtype == np.float32 for leaf in jax.tree_util.tree_leaves(variables["params"]))
+    assert all(leaf.dtype in (np.float32, np.int32)
+               for leaf in jax.tree_util.tree_leaves(updated["batch_stats"]))
+    eval_logits = model.apply(variables, x, train=False)
+    assert eval_logits.dtype == np.float32  # the head runs in float32
+    assert rel_err(eval_logits, ref) < 5e-2  # bf16 has 8 bits of mantissa

@@ -1,0 +1,292 @@
+"""The training loop end to end: checkpoints that resnet_jax.load reads, resume after
+SIGKILL, 4 devices against 1, fine-tuning, bad input and the evaluate command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import resnet_jax
+from resnet_jax.cli import main as cli_main
+from resnet_jax.errors import ResNetJaxError
+from resnet_jax.train import TrainConfig, TrainingDiverged, train
+from resnet_jax.train.logs import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(dataset="synthetic:classes=3,size=8,n=96", arch="my_resnet",
+            model_options={"stage_widths": [8, 16]}, batch_size=16, progress=False,
+            tensorboard=False, plots=False, workers=2)
+TINY_ARGS = ["--dataset", "synthetic:classes=3,size=8,n=96", "--arch", "my_resnet",
+             "--stage-widths", "8,16", "--batch-size", "16", "--no-progress", "--no-tensorboard"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Subprocess environment sharing one compilation cache among this module's runs."""
+    e = dict(os.environ)
+    e["RESNET_JAX_CACHE"] = str(tmp_path_factory.mktemp("xla-cache"))
+    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+    e.pop("XLA_FLAGS", None)
+    return e
+
+
+def _run(args, env, cwd, **kw):
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=300, **kw)
+
+
+def _losses(run_dir) -> dict[int, float]:
+    """Per-step training loss; a step logged twice (before a crash, again after resuming)
+    keeps its last record."""
+    return {r["step"]: r["loss"] for r in read_metrics(Path(run_dir) / "metrics.jsonl")
+            if r["kind"] == "train"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    summary = train(TrainConfig(**{**TINY, "plots": True, "tensorboard": True}, epochs=3, output=str(out),
+                                checkpoint_every=5))
+    return out, summary
+
+
+def test_run_leaves_checkpoints_that_resnet_jax_load_reads(tiny_run):
+    out, summary = tiny_run
+    steps = sorted(int(p.name) for p in out.iterdir() if p.name.isdigit())
+    assert summary["steps"] == 12 and steps[-1] == 12 and summary["checkpoint"] == str(out / "12")
+    assert len(steps) <= 3 + 1  # the last 3 and the best by validation accuracy
+    model, variables = resnet_jax.load(out)  # the latest step
+    assert model.num_classes == 3 and tuple(model.stage_widths) == (8, 16)
+    step_model, step_vars = resnet_jax.load(out / "12")
+    for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(step_vars)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # The loaded model reproduces the accuracy the run reported on the test split.
+    from resnet_jax.data import load_splits
+
+    test = load_splits(TINY["dataset"])["test"]
+    x = (test.images.astype(np.float32) / 255 - 0.5) / 0.3
+    logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+    acc = float(np.mean(np.argmax(np.asarray(logits), -1) == test.labels))
+    assert acc == pytest.approx(summary["test_accuracy"], abs=1e-6)
+    config = resnet_jax.checkpoint.load_config(out)
+    assert config["arch"] == "my_resnet" and config["class_names"] == ["class0", "class1", "class2"]
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 13))
+    assert [r["epoch"] for r in records if r["kind"] == "val"] == [1, 2, 3]
+    last_train = [r for r in records if r["kind"] == "train"][-1]
+    assert {"loss", "accuracy", "lr", "images_per_s", "grad_norm"} <= set(last_train)
+    assert records[-1]["kind"] == "test"
+    assert (out / "curves.png").stat().st_size > 10_000
+    try:
+        import tensorboardX  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    best = summary["best_checkpoint"]
+    assert best is not None and Path(best).is_dir()
+
+
+def test_evaluate_prints_per_class_accuracy_and_writes_confusion_png(tiny_run, capsys, tmp_path):
+    out, summary = tiny_run
+    png = tmp_path / "cm.png"
+    assert cli_main(["evaluate", "--checkpoint", str(out), "--output", str(png)]) == 0
+    text = capsys.readouterr().out
+    assert f"accuracy {summary['test_accuracy']:.2%}" in text
+    lines = [ln for ln in text.splitlines() if ln.strip().startswith("class")]
+    assert len(lines) == 3
+    # The per-class counts add up to the test split.
+    counts = [tuple(map(int, ln.rsplit("(", 1)[1].rstrip(")").split("/"))) for ln in lines]
+    assert sum(c[1] for c in counts) == summary["test_count"]
+    assert sum(c[0] for c in counts) == summary["test_correct"]
+    assert png.stat().st_size > 5_000
+    from PIL import Image
+
+    assert Image.open(png).size[0] > 200
+
+
+def test_resume_with_a_different_class_count_is_refused(tiny_run, tmp_path):
+    out, _ = tiny_run
+    with pytest.raises(ResNetJaxError, match=r"trained for 3 classes but data set .* has 5"):
+        train(TrainConfig(**{**TINY, "dataset": "synthetic:classes=5,size=8,n=100"},
+                          epochs=4, output=str(out), resume=True))
+
+
+def test_existing_run_without_resume_is_refused(tiny_run):
+    out, _ = tiny_run
+    with pytest.raises(ResNetJaxError, match="--resume"):
+        train(TrainConfig(**TINY, epochs=3, output=str(out)))
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    out = tmp_path / "nan"
+    train(TrainConfig(**TINY, epochs=4, max_steps=4, output=str(out)))
+    assert sorted(p.name for p in out.iterdir() if p.name.isdigit()) == ["4"]
+    with pytest.raises(TrainingDiverged, match=r"at step 5 \(epoch 2\).*last good checkpoint, step 4"):
+        train(TrainConfig(**TINY, epochs=4, output=str(out), resume=True, lr=1e38,
+                          warmup_epochs=0))
+    assert sorted(p.name for p in out.iterdir() if p.name.isdigit()) == ["4"]
+    _, variables = resnet_jax.load(out)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(variables))
+
+
+def test_finetune_new_head_with_frozen_backbone(tmp_path):
+    source = resnet_jax.create_model("my_resnet", num_classes=7, stem="small", stage_widths=(8, 16))
+    src_vars = resnet_jax.init_variables(source, jax.random.key(1, impl="rbg"), 8)
+    resnet_jax.save(tmp_path / "pretrained", source, src_vars, arch="my_resnet")
+    out = tmp_path / "ft"
+    train(TrainConfig(**TINY, epochs=1, output=str(out), init_from=str(tmp_path / "pretrained"),
+                      freeze_backbone=True))
+    model, variables = resnet_jax.load(out)
+    assert model.num_classes == 3 and variables["params"]["fc"]["kernel"].shape == (16, 3)
+    for name, sub in src_vars["params"].items():
+        if name == "fc":
+            continue
+        for a, b in zip(jax.tree_util.tree_leaves(sub), jax.tree_util.tree_leaves(variables["params"][name])):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # BatchNorm statistics keep moving in train mode (the backbone's parameters do not).
+    assert int(variables["batch_stats"]["bn1"]["num_batches_tracked"]) == 4
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    rc = cli_main(["train", *TINY_ARGS[:-2], "--batch-size", "512", "--output", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert "batch size 512 is larger than the training set" in err[0] and "--batch-size" in err[0]
+    empty = tmp_path / "imgs"
+    (empty / "a").mkdir(parents=True)
+    (empty / "b").mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(empty / "a" / "0.png")
+    rc = cli_main(["train", "--dataset", str(empty), "--output", str(tmp_path / "y"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "['b']" in err[0] and "hold no images" in err[0]
+
+
+def test_corrupt_images_are_skipped_with_a_warning_or_fail_under_strict(tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "imgs"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    (root / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    args = ["train", "--dataset", str(root), "--arch", "my_resnet", "--stage-widths", "8,16",
+            "--image-size", "8", "--batch-size", "8", "--epochs", "1", "--no-progress",
+            "--no-tensorboard", "--no-plots", "--output"]
+    assert cli_main([*args, str(tmp_path / "strict"), "--strict"]) == 2
+    assert "broken.png" in capsys.readouterr().err
+    assert cli_main([*args, str(tmp_path / "lenient")]) == 0
+    captured = capsys.readouterr()
+    assert "skipped 1 unreadable image" in captured.err
+    assert "test accuracy" in captured.out
+
+
+def test_sigkill_then_resume_continues_with_the_same_losses(tmp_path, env):
+    total = 160
+    args = [*TINY_ARGS, "--epochs", "40", "--checkpoint-every", "10", "--no-plots"]
+    ref = _run([*args, "--output", "ref"], env, tmp_path)
+    assert ref.returncode == 0, ref.stderr
+    reference = _losses(tmp_path / "ref")
+    assert len(reference) == total
+
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args, "--output", "crash"],
+                            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    killed_after = None
+    while time.time() < deadline and proc.poll() is None:
+        done = [int(p.name) for p in (tmp_path / "crash").glob("*") if p.name.isdigit()]
+        if done and max(done) >= 20:
+            proc.send_signal(signal.SIGKILL)
+            killed_after = max(done)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert killed_after is not None and proc.returncode == -signal.SIGKILL, "the run ended before it was killed"
+    seen = _losses(tmp_path / "crash")
+    assert max(seen) < total  # killed mid-training
+
+    resumed = _run([*args, "--output", "crash", "--resume"], env, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    start = int(resumed.stderr.split("resumed at step ")[1].split()[0].rstrip(";"))
+    assert killed_after <= start < total
+    after = _losses(tmp_path / "crash")
+    assert sorted(after) == list(range(1, total + 1))
+    for step in range(start + 1, total + 1):
+        assert after[step] == reference[step], f"step {step}: {after[step]} != {reference[step]}"
+    # Steps run before the kill also matched (the data order does not depend on timing).
+    assert all(seen[s] == reference[s] for s in seen)
+    a = resnet_jax.load(tmp_path / "ref")[1]
+    b = resnet_jax.load(tmp_path / "crash")[1]
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_four_devices_match_one_device(tmp_path, env):
+    args = [*TINY_ARGS, "--epochs", "2", "--max-steps", "6", "--no-plots"]
+    four = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    r4 = _run([*args, "--output", "four"], four, tmp_path)
+    assert r4.returncode == 0, r4.stderr
+    assert "on 4 device(s)" in r4.stderr
+    r1 = _run([*args, "--output", "one"], env, tmp_path)
+    assert r1.returncode == 0, r1.stderr
+    assert "on 1 device(s)" in r1.stderr
+    l4, l1 = _losses(tmp_path / "four"), _losses(tmp_path / "one")
+    np.testing.assert_allclose([l4[s] for s in sorted(l4)], [l1[s] for s in sorted(l1)], rtol=1e-5)
+    v4 = resnet_jax.load(tmp_path / "four")[1]
+    v1 = resnet_jax.load(tmp_path / "one")[1]
+    flat4 = jax.tree_util.tree_flatten_with_path(v4)[0]
+    flat1 = dict(jax.tree_util.tree_flatten_with_path(v1)[0])
+    for path, x in flat4:
+        np.testing.assert_allclose(np.asarray(x), np.asarray(flat1[path]), rtol=1e-4, atol=1e-5,
+                                   err_msg=jax.tree_util.keystr(path))
+    # BatchNorm saw the global batch: the running statistics moved identically.
+    assert int(v4["batch_stats"]["bn1"]["num_batches_tracked"]) == 6
+
+
+def test_four_devices_refuse_a_batch_that_does_not_split(tmp_path, env):
+    four = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    r = _run([*TINY_ARGS[:-4], "--batch-size", "18", "--output", "x", "--no-progress"], four, tmp_path)
+    assert r.returncode == 2
+    assert "batch size 18 does not split evenly over 4 devices" in r.stderr
+
+
+# ----------------------------------------------------------------------------- acceptance
+
+
+@pytest.mark.slow
+def test_default_run_reaches_98_5_percent_on_digits(tmp_path, env):
+    """``python train.py`` with no arguments (cold compilation cache)."""
+    cold = dict(env, RESNET_JAX_CACHE=str(tmp_path / "cold-cache"))
+    t0 = time.time()
+    r = subprocess.run([sys.executable, str(REPO / "train.py"), "--no-progress"], env=cold,
+                       cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    elapsed = time.time() - t0
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.strip().splitlines()[-1]
+    print(f"{line}  [wall {elapsed:.0f} s]")
+    acc = float(line.split("test accuracy ")[1].split("%")[0]) / 100
+    assert acc >= 0.985, line
+    run_dir = Path(line.split("checkpoint ")[1].split(";")[0]).parent
+    assert (tmp_path / run_dir / "curves.png").exists()
+
+
+@pytest.mark.slow
+def test_faces_with_my_resnet(tmp_path):
+    summary = train(TrainConfig(dataset="faces", arch="my_resnet", output=str(tmp_path / "faces"),
+                                progress=False, tensorboard=False))
+    print(f"faces: test accuracy {summary['test_accuracy']:.2%} "
+          f"({summary['test_correct']}/{summary['test_count']})")
+    assert summary["test_accuracy"] >= 0.8

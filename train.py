@@ -1,0 +1,12 @@
+#!/usr/bin/env python
+"""Train a ResNet: ``python train.py [args]`` is ``resnet-jax train [args]``.
+
+With no arguments it trains the course's ResNet on scikit-learn's handwritten digits.
+"""
+
+import sys
+
+from resnet_jax.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["train", *sys.argv[1:]]))
