@@ -169,7 +169,7 @@ def _convert_to_torch(args) -> int:
         from safetensors.numpy import save_file
 
         sd = to_torch(variables, model, as_numpy=True)
-        save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, str(tmp))
+        save_file({k: np.array(v, order="C") for k, v in sd.items()}, str(tmp))
     else:
         from .port.files import require_torch
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
 torch.set_num_threads(2)
+os.environ.setdefault("RESNET_JAX_CACHE", "off")  # tests do not write a compilation cache
 
 
 def randomize_batchnorm(model, seed: int = 0):

@@ -12,7 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .layers import Tap
+from .layers import Tap, torch_default_init
 
 Dtype = Any
 
@@ -34,13 +34,19 @@ class DigitCNN(nn.Module, Tap):
             raise ValueError(
                 f"expected NHWC images with {self.in_channels} channels, got shape {x.shape}"
             )
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        def kw(fan_in):  # torch's default initialisation of Conv2d and Linear
+            k, b = torch_default_init(fan_in)
+            return dict(kernel_init=k, bias_init=b, dtype=self.dtype, param_dtype=self.param_dtype)
+
         x = x.astype(self.dtype or x.dtype)
-        x = self.tap("conv1", nn.relu(nn.Conv(25, (3, 3), padding="VALID", name="conv1", **kw)(x)))
+        conv1 = nn.Conv(25, (3, 3), padding="VALID", name="conv1", **kw(9 * x.shape[-1]))
+        x = self.tap("conv1", nn.relu(conv1(x)))
         x = self.tap("pool1", nn.max_pool(x, (2, 2), strides=(2, 2)))
-        x = self.tap("conv2", nn.relu(nn.Conv(50, (3, 3), padding="VALID", name="conv2", **kw)(x)))
+        conv2 = nn.Conv(50, (3, 3), padding="VALID", name="conv2", **kw(9 * x.shape[-1]))
+        x = self.tap("conv2", nn.relu(conv2(x)))
         x = self.tap("pool2", nn.max_pool(x, (2, 2), strides=(2, 2)))
         x = self.tap("flatten", x.reshape(x.shape[0], -1))
-        x = self.tap("hidden", nn.relu(nn.Dense(self.hidden, name="hidden", **kw)(x)))
-        x = nn.Dense(self.num_classes, name="fc", **kw)(x).astype(jnp.float32)
+        hidden = nn.Dense(self.hidden, name="hidden", **kw(x.shape[-1]))
+        x = self.tap("hidden", nn.relu(hidden(x)))
+        x = nn.Dense(self.num_classes, name="fc", **kw(x.shape[-1]))(x).astype(jnp.float32)
         return self.tap("fc", x)

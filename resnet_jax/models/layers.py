@@ -51,9 +51,9 @@ def _kaiming_normal_fan_out(rng: np.random.Generator, shape: tuple) -> np.ndarra
 conv_kernel_init = host_initializer(_kaiming_normal_fan_out)
 
 
-def torch_linear_init(in_features: int) -> tuple[Callable, Callable]:
-    """torch.nn.Linear's default: kernel and bias ~ U(-1/sqrt(in), 1/sqrt(in))."""
-    bound = 1.0 / math.sqrt(in_features)
+def torch_default_init(fan_in: int) -> tuple[Callable, Callable]:
+    """torch.nn.Linear's and Conv2d's default: kernel and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
     init = host_initializer(lambda rng, shape: rng.uniform(-bound, bound, shape))
     return init, init
 

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .layers import BatchNorm, Tap, conv, max_pool_3x3_s2, torch_linear_init
+from .layers import BatchNorm, Tap, conv, max_pool_3x3_s2, torch_default_init
 
 Dtype = Any
 
@@ -161,7 +161,7 @@ class ResNet(nn.Module, Tap):
             x = self.tap(f"layer{i + 1}", x)
 
         x = self.tap("avgpool", jnp.mean(x.astype(jnp.float32), axis=(1, 2)))
-        kernel_init, bias_init = torch_linear_init(x.shape[-1])
+        kernel_init, bias_init = torch_default_init(x.shape[-1])
         x = nn.Dense(
             self.num_classes, kernel_init=kernel_init, bias_init=bias_init,
             param_dtype=self.param_dtype, name="fc",

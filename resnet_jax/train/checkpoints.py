@@ -10,6 +10,7 @@ steps and the one with the best validation accuracy.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import jax
@@ -19,6 +20,17 @@ from ..checkpoint import save_args
 from ..errors import ResNetJaxError
 
 BEST_METRIC = "val_accuracy"
+
+
+class _QuietUntrackedSaves(logging.Filter):
+    """orbax warns on every save without metrics once a best metric is tracked; mid-epoch
+    saves have none by design."""
+
+    def filter(self, record):
+        return "tracked_metric" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietUntrackedSaves())
 
 
 class RunCheckpoints:

@@ -1,0 +1,133 @@
+"""torch <-> flax porting: exact round trips, arch inference, files, and clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from conftest import randomize_batchnorm, torchvision_model
+
+import resnet_jax
+from resnet_jax.models import TORCHVISION_ARCHS
+from resnet_jax.port import PortError, from_torch, infer_arch, to_torch
+
+
+def _assert_identical(a: dict, b: dict):
+    assert list(a) == list(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("arch", TORCHVISION_ARCHS)
+def test_round_trip_is_bit_exact_and_loads_strictly(arch):
+    tv = torchvision_model(arch, seed=5)
+    original = tv.state_dict()
+    model, variables = from_torch(original)  # arch inferred from keys and shapes
+    assert model == resnet_jax.create_model(arch)
+    back = to_torch(variables, arch)
+    _assert_identical(original, back)
+    fresh = torchvision.models.get_model(arch, weights=None)
+    fresh.load_state_dict(back, strict=True)
+
+
+def test_round_trip_other_heads_and_course_model():
+    tv = randomize_batchnorm(torchvision.models.resnet18(num_classes=10))
+    model, variables = from_torch(tv, "resnet18")
+    assert model.num_classes == 10
+    _assert_identical(tv.state_dict(), to_torch(variables, "resnet18"))
+
+    flax_model = resnet_jax.create_model("my_resnet")
+    sd = to_torch(resnet_jax.init_variables(flax_model, 3), "my_resnet")
+    assert infer_arch(sd) == "my_resnet"
+    model, variables = from_torch(sd)
+    _assert_identical(sd, to_torch(variables, model))
+
+
+def test_infer_arch_for_every_torchvision_arch():
+    for arch in TORCHVISION_ARCHS:
+        with torch.device("meta"):
+            tv = torchvision.models.get_model(arch, weights=None)
+        shapes = {k: np.empty(v.shape, np.float32) for k, v in tv.state_dict().items()}
+        assert infer_arch(shapes) == arch
+
+
+def test_state_dict_wrappers_and_prefixes_are_understood():
+    tv = torchvision_model("resnet18", seed=2)
+    sd = {"module." + k: v for k, v in tv.state_dict().items()}
+    _, variables = from_torch({"state_dict": sd, "epoch": 3})
+    _assert_identical(tv.state_dict(), to_torch(variables, "resnet18"))
+
+
+def test_files_pth_and_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    tv = torchvision_model("resnet18", seed=4)
+    torch.save(tv.state_dict(), tmp_path / "w.pth")
+    save_file(tv.state_dict(), str(tmp_path / "w.safetensors"))
+    _, a = from_torch(tmp_path / "w.pth")
+    _, b = from_torch(str(tmp_path / "w.safetensors"))
+    _assert_identical(tv.state_dict(), to_torch(a, "resnet18"))
+    _assert_identical(tv.state_dict(), to_torch(b, "resnet18"))
+
+
+def test_wrong_arch_names_the_keys_and_suggests_the_fit():
+    sd = torchvision.models.resnet18().state_dict()
+    with pytest.raises(PortError) as e:
+        from_torch(sd, "resnet34")
+    msg = str(e.value)
+    assert "missing keys: layer1.2.conv1.weight" in msg
+    assert "fit arch 'resnet18'" in msg
+
+    with pytest.raises(PortError) as e:
+        from_torch(torchvision.models.resnet50().state_dict(), "resnext50_32x4d")
+    assert "layer1.0.conv1.weight is (64, 64, 1, 1) but resnext50_32x4d expects (128, 64, 1, 1)" in str(e.value)
+    assert "fit arch 'resnet50'" in str(e.value)
+
+    sd["extra.weight"] = torch.zeros(3)
+    with pytest.raises(PortError, match="unexpected keys: extra.weight"):
+        from_torch(sd, "resnet18")
+    with pytest.raises(PortError, match="match no registered architecture"):
+        from_torch(sd)
+    with pytest.raises(resnet_jax.errors.ResNetJaxError, match="Known architectures"):
+        from_torch(sd, "resnet_18")
+
+
+def test_bad_files_give_clear_errors(tmp_path):
+    good = tmp_path / "w.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), good)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(PortError, match="truncated or is not a PyTorch weights file"):
+        from_torch(truncated)
+
+    text = tmp_path / "notes.pth"
+    text.write_text("these are not weights")
+    with pytest.raises(PortError, match="truncated or is not a PyTorch weights file"):
+        from_torch(text)
+
+    other = tmp_path / "image.png"
+    other.write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 100)
+    with pytest.raises(PortError, match="not a weights file"):
+        from_torch(other)
+
+    with pytest.raises(PortError, match="does not exist"):
+        from_torch(tmp_path / "missing.pth")
+
+    pickled = tmp_path / "whole_model.pth"
+    torch.save(torchvision.models.resnet18(), pickled)  # a pickled module, not a state dict
+    with pytest.raises(PortError, match="contains torchvision.models.resnet.ResNet.*weights_only=True"):
+        from_torch(pickled)
+
+    st = tmp_path / "w.safetensors"
+    from safetensors.torch import save_file
+    save_file(torchvision.models.resnet18().state_dict(), str(st))
+    st.write_bytes(st.read_bytes()[:5000])
+    with pytest.raises(PortError, match="truncated or is not a safetensors file"):
+        from_torch(st)
+
+    not_a_dict = tmp_path / "list.pth"
+    torch.save([torch.zeros(3)], not_a_dict)
+    with pytest.raises(PortError, match="holds a list, not a state dict"):
+        from_torch(not_a_dict)
