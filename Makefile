@@ -1,0 +1,46 @@
+# Two commands work on a fresh machine (they create .venv and install everything):
+#   make train   the main job: train the default model on the embedded digits data
+#   make test    the fast test suite (torch and torchvision are installed as references)
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch/torchvision used as the tests' references; override for another platform.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup train demo test test-all bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PINS)
+	$(BIN)/pip install -q -e '.[torch,test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+train: setup
+	$(BIN)/python train.py
+
+demo: setup
+	$(BIN)/resnet-jax summary my_resnet
+	mkdir -p outputs
+	$(BIN)/python -c "import torch, torchvision; torch.manual_seed(0); \
+	  torch.save(torchvision.models.resnet18().state_dict(), 'outputs/resnet18_random.pth')"
+	$(BIN)/python convert_weights.py --weights outputs/resnet18_random.pth \
+	  --out outputs/resnet18 --verify --overwrite
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q -m ''
+
+bench: setup
+	$(BIN)/python -m benchmarks.run
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) outputs runs .pytest_cache
