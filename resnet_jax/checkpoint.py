@@ -14,10 +14,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-import flax.linen as nn
 
 from .errors import ResNetJaxError
 from .models import abstract_variables, model_config, model_from_config

@@ -9,7 +9,8 @@ variance as torch keeps it, explicit convolution padding, and torchvision's init
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax

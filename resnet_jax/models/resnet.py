@@ -8,7 +8,8 @@ Module names mirror torchvision's state-dict keys (``layer1.0.conv1`` is the fla
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
