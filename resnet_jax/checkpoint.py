@@ -113,7 +113,12 @@ def load(directory) -> tuple[nn.Module, dict]:
     try:
         config = load_config(path)
         model = model_from_config(config)
-        target = abstract_variables(model)
+        # Restore onto one local device whatever the sharding at save time (a run on
+        # several devices saves sharded arrays; orbax would otherwise want that topology).
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree_util.tree_map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+            abstract_variables(model))
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
             out = ckptr.restore(path, args=ocp.args.Composite(
                 **{VARIABLES_ITEM: ocp.args.StandardRestore(target)}))

@@ -26,7 +26,6 @@ from resnet_jax.data import (
     train_transform,
 )
 
-
 # ----------------------------------------------------------------------------- sets
 
 
@@ -37,10 +36,10 @@ def test_digits_splits_are_disjoint_stratified_and_fixed():
     assert {k: len(v) for k, v in sets.items()} == {"train": 1295, "val": 143, "test": 359}
     ref = load_digits()
     # Every split's images are real digits images with their own labels, scaled 0..16 -> 0..255.
-    flat = {img.tobytes(): lab for img, lab in zip(np.round(ref.images * 255 / 16).astype(np.uint8), ref.target)}
+    flat = {img.tobytes(): lab for img, lab in zip(np.round(ref.images * 255 / 16).astype(np.uint8), ref.target, strict=True)}
     seen = set()
     for split in sets.values():
-        for img, lab in zip(split.images[..., 0], split.labels):
+        for img, lab in zip(split.images[..., 0], split.labels, strict=True):
             key = img.tobytes()
             assert flat[key] == lab
             seen.add((key, split.name))
@@ -133,17 +132,17 @@ def test_loader_is_deterministic_per_seed_and_resumes_mid_epoch():
     a, _ = _batches(mk(0), n=14)  # 6 batches an epoch: crosses two epoch boundaries
     b, _ = _batches(mk(0), n=14)
     c, _ = _batches(mk(1), n=14)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x["image"], y["image"])
         np.testing.assert_array_equal(x["label"], y["label"])
-    assert any(not np.array_equal(x["image"], y["image"]) for x, y in zip(a, c))
+    assert any(not np.array_equal(x["image"], y["image"]) for x, y in zip(a, c, strict=True))
     # Epochs differ in order and augmentation.
     assert not np.array_equal(a[0]["image"], a[6]["image"])
     # An iterator rebuilt from a saved state yields exactly the batches that follow.
     first, state = _batches(mk(0), n=4)
     assert state["epoch"] == 0 and state["batch"] == 4
     rest, _ = _batches(mk(0), state, n=10)
-    for x, y in zip(first + rest, a):
+    for x, y in zip(first + rest, a, strict=True):
         np.testing.assert_array_equal(x["image"], y["image"])
     # Each epoch visits every image once (incomplete last batch dropped).
     labels = np.concatenate([x["label"] for x in a[:6]])

@@ -3,7 +3,6 @@ SIGKILL, 4 devices against 1, fine-tuning, bad input and the evaluate command.""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -67,7 +66,7 @@ def test_run_leaves_checkpoints_that_resnet_jax_load_reads(tiny_run):
     model, variables = resnet_jax.load(out)  # the latest step
     assert model.num_classes == 3 and tuple(model.stage_widths) == (8, 16)
     step_model, step_vars = resnet_jax.load(out / "12")
-    for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(step_vars)):
+    for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(step_vars), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # The loaded model reproduces the accuracy the run reported on the test split.
     from resnet_jax.data import load_splits
@@ -141,7 +140,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
 
 def test_finetune_new_head_with_frozen_backbone(tmp_path):
     source = resnet_jax.create_model("my_resnet", num_classes=7, stem="small", stage_widths=(8, 16))
-    src_vars = resnet_jax.init_variables(source, jax.random.key(1, impl="rbg"), 8)
+    src_vars = resnet_jax.init_variables(source, 1, 8)
     resnet_jax.save(tmp_path / "pretrained", source, src_vars, arch="my_resnet")
     out = tmp_path / "ft"
     train(TrainConfig(**TINY, epochs=1, output=str(out), init_from=str(tmp_path / "pretrained"),
@@ -151,7 +150,7 @@ def test_finetune_new_head_with_frozen_backbone(tmp_path):
     for name, sub in src_vars["params"].items():
         if name == "fc":
             continue
-        for a, b in zip(jax.tree_util.tree_leaves(sub), jax.tree_util.tree_leaves(variables["params"][name])):
+        for a, b in zip(jax.tree_util.tree_leaves(sub), jax.tree_util.tree_leaves(variables["params"][name]), strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # BatchNorm statistics keep moving in train mode (the backbone's parameters do not).
     assert int(variables["batch_stats"]["bn1"]["num_batches_tracked"]) == 4
@@ -230,30 +229,63 @@ def test_sigkill_then_resume_continues_with_the_same_losses(tmp_path, env):
     assert all(seen[s] == reference[s] for s in seen)
     a = resnet_jax.load(tmp_path / "ref")[1]
     b = resnet_jax.load(tmp_path / "crash")[1]
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_four_devices_match_one_device(tmp_path, env):
-    args = [*TINY_ARGS, "--epochs", "2", "--max-steps", "6", "--no-plots"]
+MESH_ARGS = [*TINY_ARGS, "--epochs", "2", "--max-steps", "6", "--no-plots"]
+
+
+@pytest.fixture(scope="module")
+def one_device_run(tmp_path_factory, env):
+    cwd = tmp_path_factory.mktemp("one")
+    r = _run([*MESH_ARGS, "--output", "one"], env, cwd)
+    assert r.returncode == 0, r.stderr
+    assert "on 1 device(s)" in r.stderr
+    return cwd / "one"
+
+
+def _assert_same_run(run_dir, reference):
+    la, lb = _losses(run_dir), _losses(reference)
+    assert sorted(la) == sorted(lb) == list(range(1, 7))
+    np.testing.assert_allclose([la[s] for s in sorted(la)], [lb[s] for s in sorted(lb)], rtol=1e-5)
+    va = resnet_jax.load(run_dir)[1]
+    vb = dict(jax.tree_util.tree_flatten_with_path(resnet_jax.load(reference)[1])[0])
+    for path, x in jax.tree_util.tree_flatten_with_path(va)[0]:
+        np.testing.assert_allclose(np.asarray(x), np.asarray(vb[path]), rtol=1e-4, atol=1e-5,
+                                   err_msg=jax.tree_util.keystr(path))
+    # BatchNorm saw the global batch at every step.
+    assert int(va["batch_stats"]["bn1"]["num_batches_tracked"]) == 6
+
+
+def test_four_devices_match_one_device(tmp_path, env, one_device_run):
     four = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    r4 = _run([*args, "--output", "four"], four, tmp_path)
+    r4 = _run([*MESH_ARGS, "--output", "four"], four, tmp_path)
     assert r4.returncode == 0, r4.stderr
     assert "on 4 device(s)" in r4.stderr
-    r1 = _run([*args, "--output", "one"], env, tmp_path)
-    assert r1.returncode == 0, r1.stderr
-    assert "on 1 device(s)" in r1.stderr
-    l4, l1 = _losses(tmp_path / "four"), _losses(tmp_path / "one")
-    np.testing.assert_allclose([l4[s] for s in sorted(l4)], [l1[s] for s in sorted(l1)], rtol=1e-5)
-    v4 = resnet_jax.load(tmp_path / "four")[1]
-    v1 = resnet_jax.load(tmp_path / "one")[1]
-    flat4 = jax.tree_util.tree_flatten_with_path(v4)[0]
-    flat1 = dict(jax.tree_util.tree_flatten_with_path(v1)[0])
-    for path, x in flat4:
-        np.testing.assert_allclose(np.asarray(x), np.asarray(flat1[path]), rtol=1e-4, atol=1e-5,
-                                   err_msg=jax.tree_util.keystr(path))
-    # BatchNorm saw the global batch: the running statistics moved identically.
-    assert int(v4["batch_stats"]["bn1"]["num_batches_tracked"]) == 6
+    _assert_same_run(tmp_path / "four", one_device_run)
+
+
+def test_two_processes_match_one_device(tmp_path, env, one_device_run):
+    """Two hosts on localhost (JAX's CPU collectives), each reading half of every batch."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(REPO / "train.py"), *MESH_ARGS, "--output", "multi",
+             "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)],
+            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    assert "on 2 device(s)" in outs[0][1]
+    assert "test accuracy" in outs[0][0] and "test accuracy" not in outs[1][0]
+    _assert_same_run(tmp_path / "multi", one_device_run)
 
 
 def test_four_devices_refuse_a_batch_that_does_not_split(tmp_path, env):

@@ -28,13 +28,11 @@ _VARIABLES = {}
 
 
 def _tiny(num_classes=3, **kw):
-    """A small ResNet and its variables (initialised once per class count: XLA compiles
-    random initialisers slowly, the ``rbg`` generator much less so)."""
+    """A small ResNet and its variables (initialised once per class count)."""
     model = resnet_jax.create_model("my_resnet", num_classes=num_classes, stem="small",
                                     stage_widths=(8, 16), **kw)
     if num_classes not in _VARIABLES:
-        _VARIABLES[num_classes] = resnet_jax.init_variables(
-            model, jax.random.key(0, impl="rbg"), 8)
+        _VARIABLES[num_classes] = resnet_jax.init_variables(model, 0, 8)
     return model, _VARIABLES[num_classes]
 
 
@@ -140,7 +138,7 @@ def test_train_step_updates_batchnorm_state_and_learns():
     assert set(metrics) >= {"loss", "accuracy", "grad_norm", "param_norm"} and "top5" not in metrics
     # The running statistics are those of one train-mode forward pass on the batch.
     for a, b in zip(jax.tree_util.tree_leaves(state.batch_stats),
-                    jax.tree_util.tree_leaves(torch_like["batch_stats"])):
+                    jax.tree_util.tree_leaves(torch_like["batch_stats"]), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     assert int(state.batch_stats["bn1"]["num_batches_tracked"]) == 1
     assert not np.allclose(np.asarray(state.batch_stats["bn1"]["mean"]), before_stats["bn1"]["mean"])

@@ -19,9 +19,9 @@ import dataclasses
 import gzip
 import struct
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -58,7 +58,7 @@ class Preprocess:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Preprocess":
+    def from_json(cls, d: dict) -> Preprocess:
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields})
 
@@ -94,7 +94,7 @@ class ImageSet:
             return self.images[i]
         return read_image(self.paths[i], self.channels)
 
-    def subset(self, indices, name: str | None = None) -> "ImageSet":
+    def subset(self, indices, name: str | None = None) -> ImageSet:
         indices = np.asarray(indices, np.int64)
         return dataclasses.replace(
             self,

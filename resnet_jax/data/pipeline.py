@@ -69,9 +69,11 @@ class Loader:
         """The indices of the data set in the order epoch ``epoch`` visits them."""
         if not self.train:
             return np.arange(len(self.data))
-        if epoch not in self._orders:
-            self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.data))}
-        return self._orders[epoch]
+        order = self._orders.get(epoch)
+        if order is None:  # worker threads may race here: they compute the same permutation
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.data))
+            self._orders = {**{e: o for e, o in self._orders.items() if e >= epoch - 1}, epoch: order}
+        return order
 
     def indices(self, epoch: int, batch: int) -> np.ndarray:
         """This host's data-set indices of batch ``batch`` of ``epoch`` (-1: padding)."""
@@ -100,7 +102,7 @@ class Loader:
             labels[k] = self.data.labels[i]
         return {"image": images, "label": labels, "mask": mask}
 
-    def iterator(self, state: dict | None = None) -> "DataIterator":
+    def iterator(self, state: dict | None = None) -> DataIterator:
         return DataIterator(self, state)
 
     def epoch(self, epoch: int = 0):

@@ -16,10 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import ResNetJaxError
-from ..models import create_model, init_variables, model_config, model_from_config
-from ..models.digits import DigitCNN
 from ..data import Loader, Preprocess, load_splits
+from ..errors import ResNetJaxError
+from ..models import create_model, init_variables, model_from_config
 from . import sharding as shd
 from .checkpoints import RunCheckpoints, abstract
 from .logs import MetricLog
@@ -81,7 +80,7 @@ class TrainConfig:
     tensorboard: bool = True
     plots: bool = True
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """A copy with every ``None`` default filled from the data set's defaults."""
         base = DATASET_DEFAULTS.get(self.dataset.split(":")[0], GENERIC_DEFAULTS)
         base = {**GENERIC_DEFAULTS, **base}
@@ -109,12 +108,6 @@ def _run_dir(cfg: TrainConfig) -> Path:
         return runs[-1]
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{prefix}-{stamp}"
-
-
-def init_key(seed: int):
-    """The key that initialises a model: XLA compiles the ``rbg`` generator's initialisers
-    several times faster than threefry's, and it is as deterministic for a given seed."""
-    return jax.random.key(seed, impl="rbg")
 
 
 def build_model(cfg: TrainConfig, num_classes: int, channels: int, image_size: int):
@@ -146,7 +139,7 @@ def finetune_variables(source_dir, num_classes: int, image_size: int, seed: int,
     if precision == "bf16":
         updates["dtype"] = jnp.bfloat16
     model = model0.clone(**updates)
-    fresh = init_variables(model, init_key(seed), image_size)
+    fresh = init_variables(model, seed, image_size)
     params = dict(variables0["params"])
     params["fc"] = fresh["params"]["fc"]
     variables = {"params": params, "batch_stats": variables0.get("batch_stats", {})}
@@ -290,7 +283,7 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
                 f"data set {cfg.dataset!r} has {channels}"
             )
         arch = saved.get("arch", cfg.arch)
-        variables = init_variables(model, init_key(cfg.seed), pre.image_size)
+        variables = init_variables(model, cfg.seed, pre.image_size)
     elif cfg.init_from:
         model, variables = finetune_variables(cfg.init_from, num_classes, pre.image_size,
                                               cfg.seed, cfg.precision)
@@ -306,7 +299,7 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
         arch = arch_of(cfg.init_from) or arch
     else:
         model = build_model(cfg, num_classes, channels, pre.image_size)
-        variables = init_variables(model, init_key(cfg.seed), pre.image_size)
+        variables = init_variables(model, cfg.seed, pre.image_size)
         arch = cfg.arch
 
     opt_cfg = OptimizerConfig(

@@ -14,7 +14,8 @@ every parameter outside the head frozen by ``optax.partition`` with ``set_to_zer
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.struct
 import jax
@@ -35,7 +36,7 @@ class TrainState(flax.struct.PyTreeNode):
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
     @classmethod
-    def create(cls, apply_fn, variables: dict, tx) -> "TrainState":
+    def create(cls, apply_fn, variables: dict, tx) -> TrainState:
         params = variables["params"]
         return cls(
             step=jnp.zeros((), jnp.int32), params=params,

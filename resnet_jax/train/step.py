@@ -11,7 +11,7 @@ on the device, so the host sends a quarter of the bytes.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -42,7 +42,8 @@ def plot_curves(records: Sequence[dict], path) -> Path:
     if train:
         steps = np.array([r["step"] for r in train])
         window = max(1, len(train) // 50)
-        for key, ax, label in (("loss", ax_loss, "train loss"), ("accuracy", ax_acc, "train accuracy")):
+        for key, ax, label in (("loss", ax_loss, "train loss (as optimised)"),
+                                 ("accuracy", ax_acc, "train accuracy")):
             vals = np.array([np.nan if r.get(key) is None else r[key] for r in train], float)
             ax.plot(steps, vals, alpha=0.25, color="C0")
             ax.plot(steps, _smooth(vals, window), color="C0", label=label)
