@@ -11,7 +11,17 @@ import pytest
 import resnet_jax
 from resnet_jax.errors import ResNetJaxError
 from resnet_jax.explain import (
-    evaluate, make_maximizer, maximize, objectives as O, param, testing, transforms as T,
+    evaluate,
+    make_maximizer,
+    maximize,
+    param,
+    testing,
+)
+from resnet_jax.explain import (
+    objectives as O,
+)
+from resnet_jax.explain import (
+    transforms as T,
 )
 from resnet_jax.explain.base import apply_with_taps
 from resnet_jax.explain.relu import redirected_relu, relu_override
@@ -31,15 +41,20 @@ def digits_model():
 
 @pytest.fixture(scope="module")
 def units(digits_model):
-    """The course's pictures: the first 16 conv2 filters (a^k = sum_ij a^k_ij) that respond
-    to some digit (training can leave a filter dead for every input), 9 neurons of the
-    dense layer (dead ones included: the redirected ReLU revives them), the 10 logits."""
+    """The course's pictures: the first 16 conv2 filters (a^k = sum_ij a^k_ij) and the first
+    9 neurons of the dense layer that respond to some digit (training can leave a unit dead
+    for every input), and the 10 class logits."""
     model, variables, x_test = digits_model
     _, acts = apply_with_taps(model, variables, jnp.asarray(x_test))
-    alive = np.asarray(acts["conv2"]).max(axis=(0, 1, 2)) > 0
-    filters = [int(k) for k in np.flatnonzero(alive)[:16]]
-    assert len(filters) == 16
-    return {"conv2": (O.channel, filters), "hidden": (O.neuron, list(range(9))),
+
+    def alive(layer, n):
+        a = np.asarray(acts[layer])
+        live = a.reshape(-1, a.shape[-1]).max(axis=0) > 0
+        out = [int(k) for k in np.flatnonzero(live)[:n]]
+        assert len(out) == n
+        return out
+
+    return {"conv2": (O.channel, alive("conv2", 16)), "hidden": (O.neuron, alive("hidden", 9)),
             "fc": (O.neuron, list(range(10)))}
 
 
@@ -51,8 +66,9 @@ def optimized(digits_model, units):
     parts.append(O.class_logit(range(10)) - L1 * O.l1())
     objective = O.stack(parts)
     assert objective.batch == 16 + 9 + 10 + 10
+    # chunk: 15 unrolled steps per call (XLA:CPU runs convolutions in loops slowly)
     images, values = maximize(model, variables, objective, steps=150, lr=0.05,
-                              return_values=True)
+                              return_values=True, chunk=15, redirect_relu_steps=15)
     return images, values
 
 
@@ -77,8 +93,8 @@ def test_l1_penalty_removes_most_ink(digits_model, optimized):
     ink_plain = np.mean(plain > INK, axis=(1, 2, 3))
     ink_sparse = np.mean(sparse > INK, axis=(1, 2, 3))
     assert ink_sparse.sum() <= 0.5 * ink_plain.sum(), (ink_sparse, ink_plain)
-    # the objective went up during the optimisation
-    assert np.all(values[-1] > values[0])
+    # the units' objectives went up during the optimisation
+    assert np.all(values[-1, :35] > values[0, :35])
 
 
 def test_objectives_compose_as_pure_functions():
@@ -165,7 +181,7 @@ def test_optimization_loop_is_one_compiled_scan(digits_model):
         run = make_maximizer(model, obj, steps=steps, redirect_relu_steps=8)
         jaxpr = jax.make_jaxpr(run)(variables, jax.random.key(0))
         text = str(jaxpr)
-        assert text.count("scan[") >= 2 or text.count("scan(") >= 2 or "scan" in text
+        assert text.count("scan[") == 2  # the redirected steps, then the true gradient
         sizes.append(len(text))
     assert abs(sizes[0] - sizes[1]) < 50  # the program does not grow with the steps
 

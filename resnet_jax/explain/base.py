@@ -13,7 +13,8 @@ pass (``jax.vmap`` over the VJP).
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -108,7 +109,7 @@ def input_vjp(fn, x):
 
 
 def num_classes_of(model) -> int:
-    return int(getattr(model, "num_classes"))
+    return int(model.num_classes)
 
 
 def normalize_targets(targets, batch: int, num_classes: int) -> tuple[np.ndarray, bool]:

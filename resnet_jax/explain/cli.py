@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from ..errors import ResNetJaxError
@@ -63,6 +62,9 @@ def register(sub) -> None:
     p.add_argument("--transforms", choices=["auto", "standard", "none"], default="auto")
     p.add_argument("--size", type=int, default=None, help="image side (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chunk", type=int, default=0, metavar="K",
+                   help="run K unrolled steps per compiled call (faster on CPU, longer "
+                        "compilation); 0: all steps in one lax.scan")
     p.add_argument("--out", required=True, type=Path, help="PNG file for the grid")
     p.set_defaults(func=run_visualize)
 
@@ -173,11 +175,11 @@ def run_visualize(args) -> int:
     import numpy as np
 
     from ..checkpoint import load
+    from ..models import input_shape
     from ..viz.overlays import save_grid
     from . import objectives as O
     from .base import layer_shapes
     from .maximize import check_objective, evaluate, maximize
-    from ..models import input_shape
 
     model, variables = load(args.weights)
     size = args.size
@@ -221,7 +223,8 @@ def run_visualize(args) -> int:
             penalties.append(f"{name} {lam:g}")
     check_objective(model, variables, objective, size)
     images = maximize(model, variables, objective, steps=args.steps, seed=args.seed, lr=args.lr,
-                      param=args.param, transforms=args.transforms, image_size=size)
+                      param=args.param, transforms=args.transforms, image_size=size,
+                      chunk=args.chunk or None)
     values = evaluate(model, variables, target, images)
     labels = [f"{lab}\n{v:.3g}" for lab, v in zip(labels, values)]
     title = f"{what} maximised ({args.steps} steps" + (

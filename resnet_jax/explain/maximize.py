@@ -16,7 +16,7 @@ receive a signal; the remaining steps use the true gradient.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -60,11 +60,17 @@ def make_maximizer(model, objective: Objective, steps: int = 256, *, batch: int 
                    image_size=None, param: str | Param | None = None,
                    transforms: str | Sequence | None = "auto", lr: float = 0.05,
                    optimizer: optax.GradientTransformation | None = None,
-                   redirect_relu_steps: int = 16, normalize="auto"):
+                   redirect_relu_steps: int = 16, normalize="auto", chunk: int | None = None):
     """The compiled program ``run(variables, key) -> (images, values)``.
 
     ``images``: (B, H, W, C) in [0, 1]; ``values``: (steps, B) objective per step.
     Call it again (new key, new variables of the same shapes) without recompiling.
+
+    By default all steps are one ``lax.scan`` in one program. With ``chunk=k`` the program
+    runs k steps unrolled and is called ceil(steps / k) times (the state stays on the
+    device): on XLA:CPU, convolutions inside a while loop run markedly slower than the same
+    convolutions outside one (jax-ml/jax#12868), so chunks of a few unrolled steps are
+    faster there at the price of a longer compilation.
     """
     if not isinstance(objective, Objective):
         raise ResNetJaxError(f"objective must be an Objective, got {type(objective).__name__}")
@@ -114,25 +120,70 @@ def make_maximizer(model, objective: Objective, steps: int = 256, *, batch: int 
 
         return step
 
-    def run(variables, key):
-        variables = base.model_variables(variables)
+    def start(variables, key):
         k_init, k_steps = jax.random.split(key)
         params = p.init(k_init, shape)
-        carry = (params, opt.init(params))
-        history = []
-        if redirect:
-            with relu_override(redirected_relu):
-                carry, h = jax.lax.scan(make_step(variables, k_steps), carry,
-                                        jnp.arange(redirect))
-            history.append(h)
-        if steps > redirect:
-            carry, h = jax.lax.scan(make_step(variables, k_steps), carry,
-                                    jnp.arange(redirect, steps))
-            history.append(h)
-        values = jnp.concatenate(history) if history else jnp.zeros((0, b))
-        return p.image(carry[0], hw), values
+        return (params, opt.init(params)), k_steps
 
-    return jax.jit(run)
+    def segment(carry, variables, k_steps, first: int, n: int, redirected: bool, unroll=1):
+        """Steps first .. first + n - 1 as one scan."""
+        variables = base.model_variables(variables)
+        idx = jnp.arange(first, first + n)
+        if redirected:
+            with relu_override(redirected_relu):
+                return jax.lax.scan(make_step(variables, k_steps), carry, idx, unroll=unroll)
+        return jax.lax.scan(make_step(variables, k_steps), carry, idx, unroll=unroll)
+
+    phases = [(0, redirect, True), (redirect, steps - redirect, False)]
+    phases = [ph for ph in phases if ph[1] > 0]
+
+    if not chunk:
+        def run(variables, key):
+            carry, k_steps = start(variables, key)
+            history = []
+            for first, n, redirected in phases:
+                carry, h = segment(carry, variables, k_steps, first, n, redirected)
+                history.append(h)
+            values = jnp.concatenate(history) if history else jnp.zeros((0, b))
+            return p.image(carry[0], hw), values
+
+        return jax.jit(run)
+
+    # Chunked: each call runs ``chunk`` steps unrolled (no XLA while loop inside), the
+    # carry stays on the device between calls.
+    start_jit = jax.jit(start)
+    finish_jit = jax.jit(lambda carry: p.image(carry[0], hw))
+    programs = {}
+
+    def program(n, redirected):
+        if (n, redirected) not in programs:
+            programs[n, redirected] = jax.jit(
+                lambda c, v, k, first: segment_dyn(c, v, k, first, n, redirected))
+        return programs[n, redirected]
+
+    def segment_dyn(carry, variables, k_steps, first, n, redirected):
+        variables = base.model_variables(variables)
+        if redirected:
+            with relu_override(redirected_relu):
+                step = make_step(variables, k_steps)
+                return jax.lax.scan(step, carry, first + jnp.arange(n), unroll=True)
+        step = make_step(variables, k_steps)
+        return jax.lax.scan(step, carry, first + jnp.arange(n), unroll=True)
+
+    def run_chunked(variables, key):
+        carry, k_steps = start_jit(variables, key)
+        history = []
+        for first, n, redirected in phases:
+            done = 0
+            while done < n:
+                m = min(chunk, n - done)
+                carry, h = program(m, redirected)(carry, variables, k_steps, first + done)
+                history.append(h)
+                done += m
+        values = jnp.concatenate(history) if history else jnp.zeros((0, b))
+        return finish_jit(carry), values
+
+    return run_chunked
 
 
 def check_objective(model, variables, objective: Objective, image_size=None):

@@ -16,7 +16,7 @@ image, and ``maximize`` optimises the whole batch in one compiled program.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax.numpy as jnp
 import numpy as np

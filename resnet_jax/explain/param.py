@@ -14,7 +14,7 @@ A parameterisation is ``init(key, shape) -> params``, ``image(params) -> images`
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -10,8 +10,8 @@ Colour maps are matplotlib's; text is drawn with Pillow.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -1,7 +1,6 @@
 """Guided Grad-CAM (Selvaraju et al. 2017): guided backpropagation times the upsampled
 Grad-CAM map, pixel by pixel; the map is max over channels of the absolute product."""
 
-import jax.numpy as jnp
 
 from .. import base
 from .base import CAMMethod
