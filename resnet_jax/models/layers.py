@@ -9,6 +9,7 @@ variance as torch keeps it, explicit convolution padding, and torchvision's init
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,60 @@ import jax.numpy as jnp
 import numpy as np
 
 Dtype = Any
+
+# XLA:CPU hands convolutions to YNNPACK by default in recent jaxlibs; on x86 its
+# convolutions are slower than XLA's own (Eigen) ones, several times slower for the weight
+# gradients of the backward pass (measured in benchmarks/NOTES.md: a ResNet-18 train step
+# ran at 0.55x torchvision's speed with them and above 1x without). The flag keeps
+# YNNPACK for everything else. XLA reads XLA_FLAGS once, when its first backend starts,
+# so this must run before the first computation; importing resnet_jax does it.
+CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
+
+
+def configure_xla_cpu(flags=CPU_XLA_FLAGS) -> bool:
+    """Add ``flags`` to ``XLA_FLAGS`` unless the user set them, opted out, or it is too late.
+
+    Opt out with ``RESNET_JAX_XLA_FLAGS=0``. A flag is added only when this jaxlib knows
+    it (XLA aborts on unknown flags) and only before any JAX backend has started (XLA
+    reads the variable once). Returns whether the environment was changed.
+    """
+    if os.environ.get("RESNET_JAX_XLA_FLAGS", "1").lower() in ("0", "off", "false", "no"):
+        return False
+    current = os.environ.get("XLA_FLAGS", "")
+    try:
+        from jax._src import xla_bridge
+
+        if getattr(xla_bridge, "_backends", None):
+            return False  # a backend already read XLA_FLAGS
+    except ImportError:  # pragma: no cover - private module moved
+        pass
+    missing = [f for f in flags if f.split("=")[0] not in current and _jaxlib_knows(f)]
+    if not missing:
+        return False
+    os.environ["XLA_FLAGS"] = " ".join([current, *missing]).strip()
+    return True
+
+
+def _jaxlib_knows(flag: str) -> bool:
+    """Whether this jaxlib's XLA defines ``flag`` (its name is in the shared library)."""
+    import glob
+    import mmap
+
+    import jaxlib
+
+    name = flag.lstrip("-").split("=")[0].encode()
+    for path in glob.glob(os.path.join(os.path.dirname(jaxlib.__file__), "*jax_common*.so")):
+        try:
+            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                if m.find(name) >= 0:
+                    return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+configure_xla_cpu()
+
 
 def host_initializer(draw: Callable[[np.random.Generator, tuple], np.ndarray]) -> Callable:
     """A flax initializer whose numbers are drawn on the host by numpy, seeded by the key.
