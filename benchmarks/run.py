@@ -121,14 +121,18 @@ def model_table(rows: list[dict], compile_col: bool) -> list[str]:
         if "error" in r:
             lines.append(f"| {r.get('_name', '?')} | error: {r['error']} |")
             continue
-        line = (f"| {r['arch']} | {r['kind']} | {r['batch']} x {r['size']}² | {f(r['jax_img_s'], 2)} | "
+        kind = r["kind"] + (" (+ torch.compile)" if "torch_compile_img_s" in r
+                            or "torch_compile_error" in r else "")
+        line = (f"| {r['arch']} | {kind} | {r['batch']} x {r['size']}² | {f(r['jax_img_s'], 2)} | "
                 f"{f(r['torch_img_s'], 2)} | **{f(r['ratio'], 2)}x** | "
                 f"{f(r.get('torch_1thread_img_s'), 2)} | {f(r.get('ratio_best_torch'), 2)}x |")
         if compile_col:
             if "torch_compile_img_s" in r:
                 line += f" {f(r['torch_compile_img_s'], 2)} | {f(r['ratio_compile'], 2)}x |"
+            elif "torch_compile_error" in r:
+                line += f" failed: {r['torch_compile_error']} | - |"
             else:
-                line += f" failed: {r.get('torch_compile_error', '-')} | - |"
+                line += " (row `torch_compile`) | - |"
         line += f" {f(r['jax_gflops'])} | {f(r['jax_compile_s'])} | {r['_load']:.1f} |"
         lines.append(line)
     return lines
@@ -163,6 +167,12 @@ def render(info: dict, res: dict, args) -> str:
               "img/s on 2 threads and 80 on 1); the last ratio is against the faster of the two.", ""]
         L += model_table(models, any("torch_compile_img_s" in r or "torch_compile_error" in r
                                      for r in models)) + [""]
+        firsts = [f"{r['arch']} {r['kind']} {f(r['torch_compile_first_s'])} s" for r in models
+                  if "torch_compile_first_s" in r]
+        if firsts:
+            L += ["torch.compile's first call (compilation; inductor's own on-disk cache may "
+                  "already hold earlier runs' kernels): " + ", ".join(firsts) + ". "
+                  "\"first compile s\" is resnet-jax's `jit(...).lower().compile()` of the step.", ""]
     if "matmul" in res:
         r = res["matmul"]
         if "error" in r:
