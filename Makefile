@@ -31,10 +31,10 @@ demo: setup
 	  --out outputs/resnet18 --verify --overwrite
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 test-all: setup
-	$(BIN)/python -m pytest -q -m ''
+	/python -m pytest -q -n 2 -m ''
 
 bench: setup
 	$(BIN)/python -m benchmarks.run
