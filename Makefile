@@ -34,7 +34,7 @@ test: setup
 	$(BIN)/python -m pytest -q -n 2
 
 test-all: setup
-	/python -m pytest -q -n 2 -m ''
+	$(BIN)/python -m pytest -q -n 2 -m ''
 
 bench: setup
 	$(BIN)/python -m benchmarks.run
