@@ -65,12 +65,7 @@ def plot_curves(records: Sequence[dict], path) -> Path:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_confusion_matrix(matrix, class_names: Sequence[str], path, title: str | None = None) -> Path:
@@ -97,6 +92,11 @@ def plot_confusion_matrix(matrix, class_names: Sequence[str], path, title: str |
     correct = int(np.trace(matrix))
     total = int(matrix.sum())
     ax.set_title(title or f"accuracy {correct}/{total} = {correct / max(total, 1):.2%}")
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (creating its folder) and release it."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
