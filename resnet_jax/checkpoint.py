@@ -16,7 +16,6 @@ from pathlib import Path
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from .errors import ResNetJaxError
 from .models import abstract_variables, model_config, model_from_config
@@ -95,14 +94,19 @@ def resolve(directory) -> Path:
     )
 
 
+def _restore_config(ckptr, path: Path) -> dict:
+    import orbax.checkpoint as ocp
+
+    out = ckptr.restore(path, args=ocp.args.Composite(**{CONFIG_ITEM: ocp.args.JsonRestore()}))
+    return dict(out[CONFIG_ITEM])
+
+
 def load_config(directory) -> dict:
     """The JSON config saved beside the variables."""
     import orbax.checkpoint as ocp
 
-    path = resolve(directory)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        out = ckptr.restore(path, args=ocp.args.Composite(**{CONFIG_ITEM: ocp.args.JsonRestore()}))
-    return dict(out[CONFIG_ITEM])
+        return _restore_config(ckptr, resolve(directory))
 
 
 def load(directory) -> tuple[nn.Module, dict]:
@@ -111,23 +115,21 @@ def load(directory) -> tuple[nn.Module, dict]:
 
     path = resolve(directory)
     try:
-        config = load_config(path)
-        model = model_from_config(config)
-        # Restore onto one local device whatever the sharding at save time (a run on
-        # several devices saves sharded arrays; orbax would otherwise want that topology).
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        target = jax.tree_util.tree_map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-            abstract_variables(model))
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+            model = model_from_config(_restore_config(ckptr, path))
+            # Restore onto one local device whatever the sharding at save time (a run on
+            # several devices saves sharded arrays; orbax would otherwise want that topology).
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            target = jax.tree_util.tree_map(
+                lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                abstract_variables(model))
             out = ckptr.restore(path, args=ocp.args.Composite(
                 **{VARIABLES_ITEM: ocp.args.StandardRestore(target)}))
     except CheckpointError:
         raise
     except Exception as e:  # orbax/tensorstore raise many types for damaged files
         raise CheckpointError(f"cannot read the checkpoint at {path}: {e}") from e
-    variables = jax.tree_util.tree_map(jnp.asarray, dict(out[VARIABLES_ITEM]))
-    return model, variables
+    return model, dict(out[VARIABLES_ITEM])
 
 
 def arch_of(directory) -> str | None:

@@ -29,7 +29,8 @@ def guided_relu(x):
     return jnp.maximum(x, 0)
 
 
-def _guided_fwd(x):
+def _relu_fwd(x):
+    """Both ReLUs' forward: the ReLU, keeping its input for the backward rule."""
     return jnp.maximum(x, 0), x
 
 
@@ -37,16 +38,12 @@ def _guided_bwd(x, g):
     return (jnp.where((x > 0) & (g > 0), g, jnp.zeros_like(g)),)
 
 
-guided_relu.defvjp(_guided_fwd, _guided_bwd)
+guided_relu.defvjp(_relu_fwd, _guided_bwd)
 
 
 @jax.custom_vjp
 def redirected_relu(x):
     return jnp.maximum(x, 0)
-
-
-def _redirected_fwd(x):
-    return jnp.maximum(x, 0), x
 
 
 def _redirected_bwd(x, g):
@@ -59,7 +56,7 @@ def _redirected_bwd(x, g):
     return (jnp.where(alive, relu_grad, redirected),)
 
 
-redirected_relu.defvjp(_redirected_fwd, _redirected_bwd)
+redirected_relu.defvjp(_relu_fwd, _redirected_bwd)
 
 
 @contextlib.contextmanager

@@ -225,8 +225,10 @@ class Tap:
     """Mixin: publish a named intermediate output.
 
     ``tap(name, x)`` stores ``x`` in the ``intermediates`` collection (when it is mutable)
-    and lets ``jax.grad`` differentiate with respect to it through the ``perturbations``
-    collection (when one is given); otherwise it costs nothing.
+    and adds the ``perturbations`` entry ``tap_key(name)`` to it, so ``jax.grad`` with
+    respect to a zero perturbation is the gradient with respect to the output. When a
+    ``perturbations`` collection is passed it must hold an entry for every tap (flax
+    refuses a partial one; zeros cost nothing under jit); without one, taps are free.
     """
 
     def tap(self, name: str, x):
