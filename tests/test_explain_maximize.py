@@ -24,7 +24,8 @@ from resnet_jax.explain import (
     transforms as T,
 )
 from resnet_jax.explain.base import apply_with_taps
-from resnet_jax.explain.relu import redirected_relu, relu_override
+from resnet_jax.explain.relu import redirected_relu, relu_variant
+from resnet_jax.models.autodiff import relu as model_relu
 
 INK = 0.05  # a pixel "has ink" above this value (images in [0, 1])
 L1 = 0.2
@@ -166,11 +167,12 @@ def test_redirected_relu_passes_gradient_to_dead_units():
     assert np.all(np.asarray(plain[0]) == 0)  # a dead example: no signal
     assert np.all(np.asarray(redirected[0]) < 0)  # redirected: pushed upwards
     assert np.allclose(redirected[1], plain[1])  # live examples keep the true gradient
-    with relu_override(redirected_relu):
-        import flax.linen as nn
-
-        assert nn.relu is redirected_relu
-    assert nn.relu is not redirected_relu
+    # the models' ReLU follows the variant only inside the block
+    with relu_variant(redirected_relu):
+        inside = jax.grad(loss)(x, model_relu)
+    outside = jax.grad(loss)(x, model_relu)
+    np.testing.assert_array_equal(inside, redirected)
+    np.testing.assert_array_equal(outside, plain)
 
 
 def test_optimization_loop_is_one_compiled_scan(digits_model):

@@ -135,3 +135,67 @@ def test_new_head_keeps_backbone():
         {k: v for k, v in variables["params"].items() if k != "fc"},
         {k: v for k, v in new_vars["params"].items() if k != "fc"})
     assert all(jax.tree_util.tree_leaves(same))
+
+
+@pytest.mark.parametrize("stride,pad,kernel,groups,hw", [
+    (1, 1, 3, 1, 9), (2, 1, 3, 1, 9), (2, 1, 3, 1, 8), (2, 3, 7, 1, 13), (2, 0, 1, 1, 9),
+    (1, 1, 3, 4, 8), (2, 1, 3, 2, 7), (1, "VALID", 3, 1, 10),
+])
+def test_loop_friendly_convolution_gradients_equal_lax(stride, pad, kernel, groups, hw):
+    from resnet_jax.models import autodiff
+
+    x = jax.random.normal(jax.random.key(0), (2, hw, hw + 1, 8))
+    w = jax.random.normal(jax.random.key(1), (kernel, kernel, 8 // groups, 12))
+    padding = pad if isinstance(pad, str) else ((pad, pad), (pad, pad))
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def loss(conv, x, w):
+        y = conv(x, w, (stride, stride), padding, dimension_numbers=dn, feature_group_count=groups)
+        return jnp.sum(jnp.sin(y))
+
+    want = jax.grad(loss, (1, 2))(jax.lax.conv_general_dilated, x, w)
+    with autodiff.loop_friendly_gradients():
+        jaxpr = str(jax.make_jaxpr(lambda x, w: loss(autodiff.conv_general_dilated, x, w))(x, w))
+        got = jax.grad(loss, (1, 2))(autodiff.conv_general_dilated, x, w)
+    assert "custom_vjp_call" in jaxpr  # the variant was used
+    for g, r in zip(got, want):
+        assert g.shape == r.shape
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-5, atol=1e-5)
+
+
+def test_loop_friendly_gradients_in_a_scan_are_canonical_and_equal():
+    """Inside lax.scan, XLA:CPU compiles only canonical (b01f_01io->b01f) convolutions
+    with its Eigen kernels; under loop_friendly_gradients every convolution of a
+    resnet18 step (input and weight gradients) is canonical, with the same gradients.
+    (96x96 keeps every feature map at least as large as the 3x3 kernels: XLA swaps
+    the operands of convolutions whose kernel is larger than their input.)"""
+    import re
+
+    from resnet_jax.models import loop_friendly_gradients
+
+    model = resnet_jax.create_model("resnet18", num_classes=5)
+    variables = resnet_jax.init_variables(model, jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (1, 96, 96, 3))
+
+    def grads(params, x):
+        def loss(params, x):
+            out, _ = model.apply({**variables, "params": params}, x, train=True,
+                                 mutable=["batch_stats"])
+            return jnp.sum(out ** 2)
+        return jax.grad(loss, (0, 1))(params, x)
+
+    def scanned(params, x):
+        def body(carry, _):
+            g = grads(*carry)
+            return carry, g
+        return jax.lax.scan(body, (params, x), None, length=2)[1]
+
+    with loop_friendly_gradients():
+        compiled = jax.jit(scanned).lower(variables["params"], x).compile()
+    labels = re.findall(r"convolution\(.*?dim_labels=([^,]+),", compiled.as_text())
+    assert len(labels) >= 3 * 20 and set(labels) == {"b01f_01io->b01f"}, set(labels)
+    got = compiled(variables["params"], x)
+    want = jax.jit(grads)(variables["params"], x)
+    for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(g[1]), np.asarray(r), rtol=2e-5,
+                                   atol=2e-5 * float(np.abs(np.asarray(r)).max()))

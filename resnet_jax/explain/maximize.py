@@ -6,7 +6,9 @@
 
 The whole optimisation - parameterisation -> image -> random transforms -> normalisation
 -> model -> objective, its gradient, the optax update and the projection - is one
-``lax.scan`` inside one ``jax.jit``: no Python runs per step. A batch of units (one per
+``lax.scan`` inside one ``jax.jit``: no Python runs per step. The model's convolution
+gradients are traced in the layout XLA:CPU compiles fastest inside loops
+(``resnet_jax.models.loop_friendly_gradients``). A batch of units (one per
 image) is optimised together, each image receiving the gradient of its own objective.
 
 Dead ReLUs: for the first ``redirect_relu_steps`` steps every ReLU uses Lucid's
@@ -24,10 +26,11 @@ import numpy as np
 import optax
 
 from ..errors import ResNetJaxError
+from ..models.autodiff import loop_friendly_gradients
 from . import base
 from .objectives import Objective
 from .param import Param, get_param
-from .relu import redirected_relu, relu_override
+from .relu import redirected_relu, relu_variant
 from .transforms import compose, standard_transforms
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -66,11 +69,12 @@ def make_maximizer(model, objective: Objective, steps: int = 256, *, batch: int 
     ``images``: (B, H, W, C) in [0, 1]; ``values``: (steps, B) objective per step.
     Call it again (new key, new variables of the same shapes) without recompiling.
 
-    By default all steps are one ``lax.scan`` in one program. With ``chunk=k`` the program
-    runs k steps unrolled and is called ceil(steps / k) times (the state stays on the
-    device): on XLA:CPU, convolutions inside a while loop run markedly slower than the same
-    convolutions outside one (jax-ml/jax#12868), so chunks of a few unrolled steps are
-    faster there at the price of a longer compilation.
+    By default all steps are one ``lax.scan`` in one program. The model is traced with
+    ``resnet_jax.models.loop_friendly_gradients()``: XLA:CPU compiles JAX's own
+    convolution gradients inside a loop body as naive loops (measured here: resnet50
+    steps ran 4-5x slower inside the scan than outside it). With ``chunk=k`` the program
+    runs k steps unrolled and is called ceil(steps / k) times instead (the state stays on
+    the device; same results), at the price of a longer compilation.
     """
     if not isinstance(objective, Objective):
         raise ResNetJaxError(f"objective must be an Objective, got {type(objective).__name__}")
@@ -128,11 +132,9 @@ def make_maximizer(model, objective: Objective, steps: int = 256, *, batch: int 
     def segment(carry, variables, k_steps, first: int, n: int, redirected: bool, unroll=1):
         """Steps first .. first + n - 1 as one scan."""
         variables = base.model_variables(variables)
-        idx = jnp.arange(first, first + n)
-        if redirected:
-            with relu_override(redirected_relu):
-                return jax.lax.scan(make_step(variables, k_steps), carry, idx, unroll=unroll)
-        return jax.lax.scan(make_step(variables, k_steps), carry, idx, unroll=unroll)
+        idx = first + jnp.arange(n)
+        with loop_friendly_gradients(), relu_variant(redirected_relu if redirected else None):
+            return jax.lax.scan(make_step(variables, k_steps), carry, idx, unroll=unroll)
 
     phases = [(0, redirect, True), (redirect, steps - redirect, False)]
     phases = [ph for ph in phases if ph[1] > 0]
@@ -158,17 +160,8 @@ def make_maximizer(model, objective: Objective, steps: int = 256, *, batch: int 
     def program(n, redirected):
         if (n, redirected) not in programs:
             programs[n, redirected] = jax.jit(
-                lambda c, v, k, first: segment_dyn(c, v, k, first, n, redirected))
+                lambda c, v, k, first: segment(c, v, k, first, n, redirected, unroll=True))
         return programs[n, redirected]
-
-    def segment_dyn(carry, variables, k_steps, first, n, redirected):
-        variables = base.model_variables(variables)
-        if redirected:
-            with relu_override(redirected_relu):
-                step = make_step(variables, k_steps)
-                return jax.lax.scan(step, carry, first + jnp.arange(n), unroll=True)
-        step = make_step(variables, k_steps)
-        return jax.lax.scan(step, carry, first + jnp.arange(n), unroll=True)
 
     def run_chunked(variables, key):
         carry, k_steps = start_jit(variables, key)

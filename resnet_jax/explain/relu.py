@@ -1,8 +1,8 @@
-"""ReLUs with modified backward passes, swapped into a model while it is traced.
+"""ReLUs with modified backward passes, for tracing a model with ``relu_variant(fn)``.
 
-The models call ``flax.linen.relu`` when they run. ``relu_override(fn)`` makes that name
-point at ``fn`` for the duration of a trace (under a lock), so the compiled program
-carries the modified gradient while the model code stays unchanged:
+The models' ReLUs call ``resnet_jax.models.autodiff.relu``, which uses ``fn`` while a
+``relu_variant(fn)`` block is active during tracing, so the compiled program carries the
+modified gradient while the model code stays unchanged:
 
 - ``guided_relu`` (Springenberg et al. 2015): the backward pass keeps only positive
   gradients at positive inputs, ``g * (x > 0) * (g > 0)``.
@@ -14,14 +14,12 @@ carries the modified gradient while the model code stays unchanged:
 
 from __future__ import annotations
 
-import contextlib
-import threading
-
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-_LOCK = threading.RLock()
+from ..models.autodiff import relu_variant
+
+__all__ = ["guided_relu", "redirected_relu", "relu_variant"]
 
 
 @jax.custom_vjp
@@ -57,19 +55,3 @@ def _redirected_bwd(x, g):
 
 
 redirected_relu.defvjp(_relu_fwd, _redirected_bwd)
-
-
-@contextlib.contextmanager
-def relu_override(fn):
-    """Within the block, models built on ``flax.linen.relu`` call ``fn`` instead.
-
-    Use it around the *tracing* of a function (the first call of a jitted function, or
-    ``jax.make_jaxpr``); compiled programs keep whichever ReLU they were traced with.
-    """
-    with _LOCK:
-        original = nn.relu
-        nn.relu = fn
-        try:
-            yield
-        finally:
-            nn.relu = original

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .autodiff import conv_general_dilated
+
 Dtype = Any
 
 # XLA:CPU hands convolutions to YNNPACK by default in recent jaxlibs; on x86 its
@@ -193,6 +195,7 @@ def conv(
         feature_group_count=groups,
         use_bias=False,
         kernel_init=conv_kernel_init,
+        conv_general_dilated=conv_general_dilated,
         dtype=dtype,
         param_dtype=param_dtype,
         name=name,

@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from .autodiff import conv_general_dilated, relu
 from .layers import BatchNorm, Tap, conv, max_pool_3x3_s2, torch_default_init
 
 Dtype = Any
@@ -43,10 +44,10 @@ class BasicBlock(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
         out = conv(self.planes, 3, self.stride, name="conv1", **kw)(x)
-        out = nn.relu(BatchNorm(name="bn1", **kw)(out, train))
+        out = relu(BatchNorm(name="bn1", **kw)(out, train))
         out = conv(self.planes, 3, name="conv2", **kw)(out)
         out = BatchNorm(name="bn2", scale_init=last_scale, **kw)(out, train)
-        return nn.relu(out + _shortcut(self, x, self.planes, train, kw))
+        return relu(out + _shortcut(self, x, self.planes, train, kw))
 
 
 class Bottleneck(nn.Module):
@@ -68,12 +69,12 @@ class Bottleneck(nn.Module):
         width = int(self.planes * (self.base_width / 64.0)) * self.groups
         last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
         out = conv(width, 1, name="conv1", **kw)(x)
-        out = nn.relu(BatchNorm(name="bn1", **kw)(out, train))
+        out = relu(BatchNorm(name="bn1", **kw)(out, train))
         out = conv(width, 3, self.stride, self.groups, name="conv2", **kw)(out)
-        out = nn.relu(BatchNorm(name="bn2", **kw)(out, train))
+        out = relu(BatchNorm(name="bn2", **kw)(out, train))
         out = conv(self.planes * 4, 1, name="conv3", **kw)(out)
         out = BatchNorm(name="bn3", scale_init=last_scale, **kw)(out, train)
-        return nn.relu(out + _shortcut(self, x, self.planes * 4, train, kw))
+        return relu(out + _shortcut(self, x, self.planes * 4, train, kw))
 
 
 def _shortcut(block: nn.Module, x, out_features: int, train: bool, kw: dict):
@@ -83,7 +84,8 @@ def _shortcut(block: nn.Module, x, out_features: int, train: bool, kw: dict):
     # Bound to the calling block's scope, so the names are the block's own.
     y = nn.Conv(
         out_features, (1, 1), strides=(block.stride, block.stride), padding="VALID",
-        use_bias=False, kernel_init=conv(1, 1).kernel_init, parent=block,
+        use_bias=False, kernel_init=conv(1, 1).kernel_init,
+        conv_general_dilated=conv_general_dilated, parent=block,
         name="downsample_0", **kw,
     )(x)
     return BatchNorm(parent=block, name="downsample_1", **kw)(y, train)
@@ -143,7 +145,7 @@ class ResNet(nn.Module, Tap):
         else:
             x = self.tap("conv1", conv(first, 3, 1, name="conv1", **kw)(x))
         x = self.tap("bn1", BatchNorm(name="bn1", **kw)(x, train))
-        x = self.tap("relu", nn.relu(x))
+        x = self.tap("relu", relu(x))
         if self.stem == "imagenet":
             x = self.tap("maxpool", max_pool_3x3_s2(x))
 

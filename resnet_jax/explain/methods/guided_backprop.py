@@ -1,7 +1,7 @@
 """Guided backpropagation (Springenberg et al. 2015): the input gradient with every ReLU's
 backward pass keeping only positive gradients at positive inputs."""
 
-from ..relu import guided_relu, relu_override
+from ..relu import guided_relu, relu_variant
 from .base import AttributionMethod
 
 
@@ -10,5 +10,5 @@ class GuidedBackprop(AttributionMethod):
 
     def attributions(self, model, variables, x, t, *, key=None, **options):
         fwd = self.forward(model, variables)
-        with relu_override(guided_relu):
+        with relu_variant(guided_relu):
             return self.input_grads(fwd, x, t, model.num_classes)[1]
