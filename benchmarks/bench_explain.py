@@ -226,9 +226,8 @@ def main(argv=None):
               "torch-lucent `render_vis` with `param.image(128, batch=16)` and a sum of "
               "`channel('layer4', k, batch=k)` (its parameters keep requires_grad, as Lucent "
               "leaves them). Grad-CAM latency ratio is the peer's time over ours. The chunked "
-              "row runs the same optimisation as jitted programs of a few unrolled steps: "
-              "XLA:CPU runs convolutions inside a while loop (lax.scan) markedly slower "
-              "(jax-ml/jax#12868).", ""]
+              "row runs the same optimisation as jitted programs of a few unrolled steps "
+              "instead of one lax.scan (`maximize(..., chunk=k)`).", ""]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
