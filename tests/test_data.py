@@ -29,6 +29,20 @@ from resnet_jax.data import (
 # ----------------------------------------------------------------------------- sets
 
 
+def test_digits_read_without_sklearn_equal_load_digits():
+    from sklearn.datasets import load_digits
+
+    from resnet_jax.data.datasets import digits, load_digits_arrays
+
+    images, labels = load_digits_arrays()
+    ref = load_digits()
+    np.testing.assert_array_equal(images, ref.images)
+    np.testing.assert_array_equal(labels, ref.target)
+    ds = digits()
+    assert ds.class_names == [str(c) for c in ref.target_names]
+    np.testing.assert_array_equal(ds.labels, ref.target)
+
+
 def test_digits_splits_are_disjoint_stratified_and_fixed():
     from sklearn.datasets import load_digits
 

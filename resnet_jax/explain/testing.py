@@ -16,13 +16,13 @@ import optax
 def digits(size: int = 28, test_fraction: float = 0.25, seed: int = 0):
     """scikit-learn's 8x8 digits upsampled (bilinear) to ``size`` x ``size``, in [0, 1]:
     ``(x_train, y_train, x_test, y_test)`` with x of shape (N, size, size, 1)."""
-    from sklearn.datasets import load_digits
+    from ..data.datasets import load_digits_arrays
 
-    d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)[..., None]
+    images, labels = load_digits_arrays()
+    x = (images / 16.0).astype(np.float32)[..., None]
     x = np.asarray(jax.image.resize(jnp.asarray(x), (len(x), size, size, 1), "linear"))
     x = np.clip(x, 0.0, 1.0)
-    y = d.target.astype(np.int32)
+    y = labels.astype(np.int32)
     order = np.random.default_rng(seed).permutation(len(x))
     n_test = int(len(x) * test_fraction)
     test, train = order[:n_test], order[n_test:]

@@ -1,10 +1,12 @@
-"""Metric logs: one JSON object per line, and TensorBoard when tensorboardX is installed."""
+"""Metric logs: one JSON object per line, and a TensorBoard event file of the scalars."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+
+from .tfevents import ScalarWriter
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -22,12 +24,7 @@ class MetricLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", buffering=1)
         if tensorboard:
-            try:
-                from tensorboardX import SummaryWriter
-            except ImportError:
-                pass
-            else:
-                self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            self._tb = ScalarWriter(Path(run_dir) / "tensorboard")
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -40,6 +37,7 @@ class MetricLog:
             for k, v in record.items():
                 if k not in ("step", "kind", "epoch") and isinstance(v, (int, float)) and v is not None:
                     self._tb.add_scalar(f"{kind}/{k}", v, record.get("step", 0))
+            self._tb.flush()
 
     def close(self) -> None:
         if self._file:
