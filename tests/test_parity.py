@@ -101,3 +101,51 @@ def test_bfloat16_compute_keeps_float32_parameters_and_statistics(rng):
     eval_logits = model.apply(variables, x, train=False)
     assert eval_logits.dtype == np.float32  # the head runs in float32
     assert rel_err(eval_logits, ref) < 5e-2  # bf16 has 8 bits of mantissa
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_train_mode_gradients_match_torchvision(arch):
+    """Weight gradients of a train-mode cross-entropy loss, compiled as the train step is
+    compiled (its XLA options included), against torchvision's in float64.
+
+    With random weights some gradients are ill-conditioned (sums that nearly cancel):
+    torchvision's own float32 gradients are up to ~1e-2 from its float64 ones for a few
+    BatchNorm biases. So the bound is relative to torchvision's float32 error: over all
+    gradients together at most twice it (or 1e-5), and for each tensor at most five
+    times it (or 1e-4), which a wrongly mapped or wrongly computed tensor (error ~1) fails."""
+    from resnet_jax.models.layers import train_compiler_options
+    from resnet_jax.port import to_torch
+
+    rng = np.random.default_rng(0)  # fixed: how well conditioned a draw is varies
+    tv = torchvision_model(arch, seed=0).train()
+    model, variables = from_torch(tv)
+    # 128x128: layer4's BatchNorm then normalises over 4 x 4 x 4 values; far fewer make its
+    # gradients ill-conditioned (torchvision's own float32 ones drift by 1e-2).
+    x = rng.standard_normal((4, 128, 128, 3)).astype(np.float32)
+    labels = rng.integers(0, 1000, 4)
+
+    def loss(params):
+        logits, _ = model.apply({**variables, "params": params}, x, train=True,
+                                mutable=["batch_stats"])
+        logp = jax.nn.log_softmax(logits)
+        return -np.float32(1 / len(labels)) * logp[np.arange(len(labels)), labels].sum()
+
+    grads = jax.jit(jax.grad(loss), compiler_options=train_compiler_options())(variables["params"])
+    ours = to_torch({**variables, "params": grads}, model)
+
+    def torch_grads(dtype):
+        m = copy.deepcopy(tv).to(dtype)
+        out = m(nchw(x).to(dtype))
+        torch.nn.functional.cross_entropy(out, torch.from_numpy(labels)).backward()
+        return {k: p.grad.numpy() for k, p in m.named_parameters()}
+
+    ref64, ref32 = torch_grads(torch.float64), torch_grads(torch.float32)
+    for k in ref64:
+        err, own = rel_err(ours[k].numpy(), ref64[k]), rel_err(ref32[k], ref64[k])
+        assert err <= max(1e-4, 5 * own), f"{arch} {k}: {err:.2e} (torch float32: {own:.2e})"
+    flat = {name: np.concatenate([np.ravel(g[k]) for k in ref64])
+            for name, g in [("ours", {k: v.numpy() for k, v in ours.items()}),
+                            ("64", ref64), ("32", ref32)]}
+    err, own = rel_err(flat["ours"], flat["64"]), rel_err(flat["32"], flat["64"])
+    print(f"{arch}: all gradients {err:.2e} from float64 (torchvision float32: {own:.2e})")
+    assert err <= max(1e-5, 2 * own)

@@ -8,6 +8,7 @@ variance as torch keeps it, explicit convolution padding, and torchvision's init
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -25,10 +26,30 @@ Dtype = Any
 # XLA:CPU hands convolutions to YNNPACK by default in recent jaxlibs; on x86 its
 # convolutions are slower than XLA's own (Eigen) ones, several times slower for the weight
 # gradients of the backward pass (measured in benchmarks/NOTES.md: a ResNet-18 train step
-# ran at 0.55x torchvision's speed with them and above 1x without). The flag keeps
-# YNNPACK for everything else. XLA reads XLA_FLAGS once, when its first backend starts,
+# ran at 0.55x torchvision's speed with them). The flag takes them away from YNNPACK
+# (which keeps everything else). XLA reads XLA_FLAGS once, when its first backend starts,
 # so this must run before the first computation; importing resnet_jax does it.
 CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
+
+# Per program: training steps run their convolutions with oneDNN. Measured on a quiet
+# machine (benchmarks/NOTES.md), oneDNN made a ResNet-18 train step 12% faster than the
+# Eigen kernels but inference 8% slower, so it is a compiler option of the train step's
+# compilation rather than a process-wide flag.
+_TRAIN_OPTION = ("xla_cpu_experimental_onednn_fusion_type",
+                 "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION")
+
+
+def _opted_out() -> bool:
+    return os.environ.get("RESNET_JAX_XLA_FLAGS", "1").lower() in ("0", "off", "false", "no")
+
+
+def train_compiler_options() -> dict[str, str]:
+    """XLA options for ``jax.jit(train_step, compiler_options=...)``: empty unless the
+    default backend is the CPU (and ``RESNET_JAX_XLA_FLAGS=0`` is not set)."""
+    name, value = _TRAIN_OPTION
+    if _opted_out() or jax.default_backend() != "cpu" or name in os.environ.get("XLA_FLAGS", ""):
+        return {}
+    return {name: value} if _jaxlib_knows(name) else {}
 
 
 def configure_xla_cpu(flags=CPU_XLA_FLAGS) -> bool:
@@ -38,7 +59,7 @@ def configure_xla_cpu(flags=CPU_XLA_FLAGS) -> bool:
     it (XLA aborts on unknown flags) and only before any JAX backend has started (XLA
     reads the variable once). Returns whether the environment was changed.
     """
-    if os.environ.get("RESNET_JAX_XLA_FLAGS", "1").lower() in ("0", "off", "false", "no"):
+    if _opted_out():
         return False
     current = os.environ.get("XLA_FLAGS", "")
     try:
@@ -55,6 +76,7 @@ def configure_xla_cpu(flags=CPU_XLA_FLAGS) -> bool:
     return True
 
 
+@functools.cache
 def _jaxlib_knows(flag: str) -> bool:
     """Whether this jaxlib's XLA defines ``flag`` (its name is in the shared library)."""
     import glob
