@@ -139,7 +139,7 @@ def test_new_head_keeps_backbone():
 
 @pytest.mark.parametrize("stride,pad,kernel,groups,hw", [
     (1, 1, 3, 1, 9), (2, 1, 3, 1, 9), (2, 1, 3, 1, 8), (2, 3, 7, 1, 13), (2, 0, 1, 1, 9),
-    (1, 1, 3, 4, 8), (2, 1, 3, 2, 7), (1, "VALID", 3, 1, 10),
+    (1, 1, 3, 4, 8), (2, 1, 3, 2, 7), (1, "VALID", 3, 1, 10), (2, "SAME", 3, 1, 8),
 ])
 def test_loop_friendly_convolution_gradients_equal_lax(stride, pad, kernel, groups, hw):
     from resnet_jax.models import autodiff
