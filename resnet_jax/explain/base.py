@@ -32,8 +32,16 @@ Array = Any
 
 def layer_shapes(model, variables, image_shape) -> dict[str, tuple[int, ...]]:
     """``{name: shape}`` of every named output for a batch of ``image_shape``, in forward
-    order, computed abstractly (nothing is run)."""
+    order, computed abstractly (nothing is run) and remembered per model, variable shapes
+    and image shape: tracing a resnet50 costs about 0.3 s, as much as a batch-1 Grad-CAM."""
+    v = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
+    leaves, treedef = jax.tree.flatten(v)
+    specs = tuple((tuple(np.shape(a)), str(jnp.result_type(a))) for a in leaves)
+    return dict(_layer_shapes(model, treedef, specs, tuple(int(d) for d in image_shape)))
 
+
+@functools.lru_cache(maxsize=64)
+def _layer_shapes(model, treedef, specs, image_shape) -> tuple:
     order: list[str] = []
 
     def run(v, x):
@@ -41,10 +49,10 @@ def layer_shapes(model, variables, image_shape) -> dict[str, tuple[int, ...]]:
         order.extend(state["intermediates"])  # forward order (eval_shape sorts the keys)
         return state
 
-    v = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
-    state = jax.eval_shape(run, v, jax.ShapeDtypeStruct(tuple(image_shape), jnp.float32))
+    v = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in specs])
+    state = jax.eval_shape(run, v, jax.ShapeDtypeStruct(image_shape, jnp.float32))
     inter = state["intermediates"]
-    return {tap_name(k): tuple(inter[k][0].shape) for k in order}
+    return tuple((tap_name(k), tuple(inter[k][0].shape)) for k in order)
 
 
 def check_layer(model, variables, image_shape, layer: str, spatial: bool = True) -> tuple:
