@@ -6,18 +6,25 @@
 resnet-jax computes in bfloat16 (``create_model(..., dtype=jnp.bfloat16)``; parameters,
 BatchNorm statistics and the loss stay float32); torch runs under
 ``torch.autocast(bfloat16)`` with ``channels_last`` and cudnn benchmark mode. Each timing is
-a block of steps ended by a device sync, alternating the two frameworks, median of the
-blocks. Also Grad-CAM throughput when ``resnet_jax.explain`` has it. A table at the end.
-Installs nothing. With no GPU visible it falls back to the tiny sizes by itself.
+a block of steps dispatched back to back and ended by one device sync, alternating the two
+frameworks, median of the blocks. Then Grad-CAM throughput, and a profile of a few train
+steps of each framework: the kernels that take the most device time, so that a loss can be
+traced to its layers. A table at the end; with ``OUT`` set, the results (JSON), the profile
+summaries and jax's compiled HLO are written there. Installs nothing. With no GPU visible
+it falls back to the tiny sizes by itself.
 """
 
 from __future__ import annotations
 
+import collections
+import gzip
+import json
 import os
 import statistics
 import sys
 import time
 import traceback
+from pathlib import Path
 
 T_START = time.perf_counter()
 
@@ -26,21 +33,77 @@ def log(*a):
     print(f"[{time.perf_counter() - T_START:6.1f}s]", *a, flush=True)
 
 
+def versions() -> dict:
+    out = {"python": sys.version.split()[0]}
+    from importlib import metadata
+
+    for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "torch",
+                 "torchvision"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    try:
+        import torch
+
+        out["cudnn (torch)"] = torch.backends.cudnn.version()
+    except Exception:
+        pass
+    return out
+
+
+def top_jax_kernels(trace_dir: Path, steps: int, limit: int = 25) -> dict:
+    """From a jax profiler trace's device rows: {line: [(name, ms per step, launches per
+    step)]}, one list for the kernels on the GPU streams and one for the XLA ops."""
+    files = sorted(trace_dir.rglob("*.trace.json.gz"))
+    if not files:
+        return {}
+    with gzip.open(files[-1], "rt") as f:
+        trace = json.load(f)
+    events = trace.get("traceEvents", trace) if isinstance(trace, dict) else trace
+    procs = {e["pid"]: e.get("args", {}).get("name", "") for e in events
+             if e.get("ph") == "M" and e.get("name") == "process_name"}
+    threads = {(e["pid"], e["tid"]): e.get("args", {}).get("name", "") for e in events
+               if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    device = {pid for pid, n in procs.items() if "gpu" in n.lower()}
+
+    def line(tid_key):
+        name = threads.get(tid_key, "").lower()
+        if "stream" in name:
+            return "kernels"
+        return "xla ops" if "xla ops" in name else None
+
+    total = collections.defaultdict(collections.Counter)
+    count = collections.defaultdict(collections.Counter)
+    for e in events:
+        if e.get("ph") == "X" and e.get("pid") in device:
+            kind = line((e["pid"], e.get("tid")))
+            if kind:
+                total[kind][e["name"]] += e.get("dur", 0) / 1000.0
+                count[kind][e["name"]] += 1
+    return {kind: [(n, t / steps, round(count[kind][n] / steps))
+                   for n, t in [("(all)", sum(c.values()))] + c.most_common(limit)]
+            for kind, c in total.items()}
+
+
 def main() -> int:
     import jax
 
     import resnet_jax  # noqa: F401  (project settings, as every entry point)
     from resnet_jax.cli import enable_compilation_cache
 
+    out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
     enable_compilation_cache()
     devices = jax.devices()
     log("jax devices:", devices)
+    vers = versions()
+    log("versions:", ", ".join(f"{k} {v}" for k, v in vers.items()))
     try:
         import torch
 
         cuda = torch.cuda.is_available()
-        log("torch", torch.__version__, "cuda:", [torch.cuda.get_device_name(i)
-                                                  for i in range(torch.cuda.device_count())])
+        log("torch cuda devices:", [torch.cuda.get_device_name(i)
+                                    for i in range(torch.cuda.device_count())])
     except Exception as e:  # torch missing: jax rows only
         torch, cuda = None, False
         log("torch unavailable:", e)
@@ -50,7 +113,7 @@ def main() -> int:
     batch = int(os.environ.get("GPU_BENCH_BATCH", 2 if tiny else 256))
     size = int(os.environ.get("GPU_BENCH_SIZE", 64 if tiny else 224))
     steps_per_block = 2 if tiny else 10
-    blocks = 2 if tiny else 3
+    blocks = 2 if tiny else 5
     tdev = "cuda" if cuda else "cpu"
     log(f"{'tiny' if tiny else 'full'} run: {arch}, batch {batch}, {size}x{size}, "
         f"{blocks} blocks of {steps_per_block} steps; torch on {tdev}")
@@ -61,46 +124,56 @@ def main() -> int:
 
     from benchmarks import steps
 
-    rows = []
+    rows, makers_by_row = [], {}
 
-    def timed(name, makers):
-        """makers: {framework: () -> (run, first_s)}; alternate blocks of steps."""
+    def timed(name, makers, n_images):
+        """makers: {framework: () -> (step, ...)} where ``step.sync()`` (if any) waits for
+        the dispatched steps; alternate blocks of steps."""
         runs, first = {}, {}
         for fw, make in makers.items():
             try:
                 t0 = time.perf_counter()
-                run, *rest = make()
-                run()  # warm-up (torch: cudnn autotuning; jax: first dispatch)
-                runs[fw], first[fw] = run, time.perf_counter() - t0
+                step = make()[0]
+                sync = getattr(step, "sync", lambda: None)
+                step()  # warm-up (torch: cudnn autotuning; jax: first dispatch)
+                sync()
+                runs[fw], first[fw] = (step, sync), time.perf_counter() - t0
                 log(f"{name} {fw}: ready in {first[fw]:.1f} s")
             except Exception as e:
                 log(f"{name} {fw} FAILED: {type(e).__name__}: {e}")
                 traceback.print_exc()
         times = {fw: [] for fw in runs}
         for _ in range(blocks):
-            for fw, run in runs.items():
+            for fw, (step, sync) in runs.items():
                 t0 = time.perf_counter()
                 for _ in range(steps_per_block):
-                    run()
+                    step()
+                sync()
                 times[fw].append((time.perf_counter() - t0) / steps_per_block)
-        out = {fw: batch / statistics.median(t) for fw, t in times.items()}
-        ratio = out["jax"] / out["torch"] if "jax" in out and "torch" in out else None
-        rows.append((name, out.get("jax"), out.get("torch"), ratio, first.get("jax"), first.get("torch")))
-        log(f"{name}: " + ", ".join(f"{k} {v:.1f} img/s" for k, v in out.items())
+        res = {fw: n_images / statistics.median(t) for fw, t in times.items()}
+        spread = {fw: (min(t), max(t)) for fw, t in times.items()}
+        ratio = res["jax"] / res["torch"] if "jax" in res and "torch" in res else None
+        rows.append({"row": name, "jax": res.get("jax"), "torch": res.get("torch"), "ratio": ratio,
+                     "jax_first_s": first.get("jax"), "torch_first_s": first.get("torch"),
+                     "step_s_min_max": spread})
+        makers_by_row[name] = runs
+        log(f"{name}: " + ", ".join(f"{k} {v:.1f} img/s" for k, v in res.items())
             + (f", ratio {ratio:.2f}x" if ratio else ""))
 
     bf16 = "bfloat16"
-    makers = {"jax": lambda: steps.jax_train_step(arch, batch, size, dtype=bf16)}
+    train_row = f"{arch} train bf16"
+    makers = {"jax": lambda: steps.jax_train_step(arch, batch, size, dtype=bf16, block=False)}
     if torch is not None:
         makers["torch"] = lambda: steps.torch_train_step(arch, batch, size, channels_last=True,
-                                                         device=tdev, amp=True)
-    timed(f"{arch} train bf16", makers)
-    makers = {"jax": lambda: steps.jax_infer(arch, batch, size, dtype=bf16)}
+                                                         device=tdev, amp=True, block=False)
+    timed(train_row, makers, batch)
+    makers = {"jax": lambda: steps.jax_infer(arch, batch, size, dtype=bf16, block=False)}
     if torch is not None:
         makers["torch"] = lambda: steps.torch_infer(arch, batch, size, channels_last=True,
-                                                    device=tdev, amp=True)
-    timed(f"{arch} inference bf16", makers)
+                                                    device=tdev, amp=True, block=False)
+    timed(f"{arch} inference bf16", makers, batch)
 
+    cam_batch = min(batch, 2 if tiny else 64)
     try:
         import numpy as np
 
@@ -109,34 +182,99 @@ def main() -> int:
 
         model = create_model(arch)
         variables = init_variables(model, 0)
-        cam_batch = min(batch, 2 if tiny else 64)
         x = np.random.default_rng(0).standard_normal((cam_batch, size, size, 3), dtype=np.float32)
-
-        def make_cam():
-            return (lambda: gradcam(model, variables, x, layer="layer4"),)
-
-        bsave = batch
-        batch = cam_batch
-        timed(f"{arch} Grad-CAM fp32 (batch {cam_batch})", {"jax": make_cam})
-        batch = bsave
-    except ImportError as e:
-        log("Grad-CAM row skipped:", e)
+        # gradcam returns host arrays, so each call ends synced.
+        timed(f"{arch} Grad-CAM fp32 (batch {cam_batch})",
+              {"jax": lambda: (lambda: gradcam(model, variables, x, layer="layer4"),)},
+              cam_batch)
     except Exception as e:
         log(f"Grad-CAM FAILED: {type(e).__name__}: {e}")
 
-    dev = str(devices[0].device_kind if hasattr(devices[0], "device_kind") else devices[0])
+    profiles = {}
+    if os.environ.get("GPU_BENCH_PROFILE", "1") != "0":
+        profiles = profile_train(makers_by_row.get(train_row, {}), out_dir, torch, tdev)
+
+    dev = str(getattr(devices[0], "device_kind", devices[0]))
+    total = time.perf_counter() - T_START
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "gpu_results.json").write_text(json.dumps(
+            {"device": dev, "torch_device": tdev, "batch": batch, "size": size, "tiny": tiny,
+             "versions": vers, "rows": rows, "profiles": profiles, "total_s": total},
+            indent=1, default=str))
+    print()
+    for fw, top in profiles.items():
+        print(f"top device kernels per {fw} train step (ms, launches):")
+        for name, ms, n in top[:14]:
+            print(f"  {ms:8.2f} {n:4d}  {name[:110]}")
     print()
     print(f"device: {dev}; torch device: {tdev}; batch {batch}, {size}x{size}"
-          f"{' (TINY)' if tiny else ''}; total {time.perf_counter() - T_START:.0f} s")
+          f"{' (TINY)' if tiny else ''}; total {total:.0f} s")
     print("| row | resnet-jax img/s | torch AMP channels_last img/s | ratio | jax first step s | torch first step s |")
     print("|---|---:|---:|---:|---:|---:|")
 
     def f(v, nd=1):
         return "-" if v is None else f"{v:.{nd}f}"
 
-    for name, j, t, r, fj, ft in rows:
-        print(f"| {name} | {f(j)} | {f(t)} | {f(r, 2) + 'x' if r else '-'} | {f(fj)} | {f(ft)} |")
+    for r in rows:
+        ratio = f(r["ratio"], 2) + "x" if r["ratio"] else "-"
+        print(f"| {r['row']} | {f(r['jax'])} | {f(r['torch'])} | {ratio} | "
+              f"{f(r['jax_first_s'])} | {f(r['torch_first_s'])} |")
     return 0
+
+
+def profile_train(runs, out_dir: Path | None, torch, tdev: str, n: int = 3) -> dict:
+    """Top device kernels of ``n`` train steps of each framework (jax profiler, torch.profiler)."""
+    import tempfile
+
+    import jax
+
+    profiles = {}
+    if "jax" in runs:
+        step, sync = runs["jax"]
+        compiled = getattr(step, "compiled", None)
+        if out_dir is not None and compiled is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "jax_train_hlo.txt").write_text(compiled.as_text())
+        try:
+            tdir = Path(tempfile.mkdtemp()) / "jax_trace"
+            with jax.profiler.trace(str(tdir), create_perfetto_trace=True):
+                for _ in range(n):
+                    step()
+                sync()
+            for kind, top in top_jax_kernels(tdir, n).items():
+                profiles[f"jax {kind}"] = top
+            log(f"jax profile: {[k for k in profiles if k.startswith('jax')]}")
+        except Exception as e:
+            log(f"jax profile FAILED: {type(e).__name__}: {e}")
+    if "torch" in runs and torch is not None:
+        step, sync = runs["torch"]
+        try:
+            from torch.profiler import ProfilerActivity, profile
+
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if tdev == "cuda" else [])
+            with profile(activities=acts) as prof:
+                for _ in range(n):
+                    step()
+                sync()
+            key = "device_time_total" if tdev == "cuda" else "cpu_time_total"
+            events = [e for e in prof.key_averages() if getattr(e, "device_type", None) is not None
+                      and str(e.device_type).endswith("CUDA")] if tdev == "cuda" else []
+            if not events:  # kernels are listed as CPU-side ops on a CPU run
+                events = list(prof.key_averages())
+            events.sort(key=lambda e: getattr(e, "self_" + key, 0), reverse=True)
+            busy = sum(getattr(e, "self_" + key, 0) for e in events) / 1000.0 / n
+            profiles["torch"] = [("(all)", busy, 0)] + [
+                (e.key, getattr(e, "self_" + key, 0) / 1000.0 / n, round(e.count / n))
+                for e in events[:25]]
+            if out_dir is not None:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                (out_dir / "torch_profile.txt").write_text(prof.key_averages().table(
+                    sort_by="self_" + key, row_limit=60))
+            log(f"torch profile: {len(profiles['torch'])} rows")
+        except Exception as e:
+            log(f"torch profile FAILED: {type(e).__name__}: {e}")
+    return profiles
 
 
 if __name__ == "__main__":

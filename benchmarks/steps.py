@@ -25,8 +25,12 @@ def batch_arrays(batch: int, size: int, num_classes: int = 1000, seed: int = 0):
 
 # ----------------------------------------------------------------------------- JAX
 
-def jax_train_step(arch: str, batch: int, size: int, dtype=None):
-    """Returns ``(run, compile_seconds)``; ``run()`` does one step and blocks on it."""
+def jax_train_step(arch: str, batch: int, size: int, dtype=None, block: bool = True):
+    """Returns ``(run, compile_seconds, flops)``; ``run()`` does one step and blocks on it.
+
+    With ``block=False`` ``run()`` only dispatches the step and ``run.sync()`` waits for
+    the last one: a block of steps then runs back to back on an accelerator.
+    """
     import time
 
     import jax
@@ -55,9 +59,12 @@ def jax_train_step(arch: str, batch: int, size: int, dtype=None):
 
     def run():
         new_state, metrics = compiled(holder[0], data)
-        jax.block_until_ready(metrics["loss"])
-        holder[0] = new_state
+        holder[0], holder[1:] = new_state, [metrics["loss"]]
+        if block:
+            jax.block_until_ready(metrics["loss"])
 
+    run.sync = lambda: jax.block_until_ready(holder[1:])
+    run.compiled = compiled
     return run, compile_s, flops
 
 
@@ -71,7 +78,7 @@ def _flops(compiled) -> float:
         return 0.0
 
 
-def jax_infer(arch: str, batch: int, size: int, dtype=None):
+def jax_infer(arch: str, batch: int, size: int, dtype=None, block: bool = True):
     import time
 
     import jax
@@ -93,9 +100,14 @@ def jax_infer(arch: str, batch: int, size: int, dtype=None):
     compiled = jax.jit(infer).lower(variables, images).compile()
     compile_s = time.perf_counter() - t0
 
-    def run():
-        jax.block_until_ready(compiled(variables, images))
+    last = []
 
+    def run():
+        last[:] = [compiled(variables, images)]
+        if block:
+            jax.block_until_ready(last)
+
+    run.sync = lambda: jax.block_until_ready(last)
     return run, compile_s, _flops(compiled)
 
 
@@ -116,7 +128,8 @@ def _torch_batch(batch, size, num_classes, channels_last=False, device="cpu", dt
 
 
 def torch_train_step(arch: str, batch: int, size: int, compile: bool = False,
-                     channels_last: bool = False, device: str = "cpu", amp: bool = False):
+                     channels_last: bool = False, device: str = "cpu", amp: bool = False,
+                     block: bool = True):
     import time
 
     import torch
@@ -145,14 +158,18 @@ def torch_train_step(arch: str, batch: int, size: int, compile: bool = False,
     compile_s = time.perf_counter() - t0
 
     def run():
-        fn().item()
-        sync()
+        loss = fn()
+        if block:
+            loss.item()
+            sync()
 
+    run.sync = sync
     return run, compile_s
 
 
 def torch_infer(arch: str, batch: int, size: int, compile: bool = False,
-                channels_last: bool = False, device: str = "cpu", amp: bool = False):
+                channels_last: bool = False, device: str = "cpu", amp: bool = False,
+                block: bool = True):
     import time
 
     import torch
@@ -177,7 +194,9 @@ def torch_infer(arch: str, batch: int, size: int, compile: bool = False,
 
     def run():
         out = fn()
-        out.float().sum().item()
-        sync()
+        if block:
+            out.float().sum().item()
+            sync()
 
+    run.sync = sync
     return run, compile_s
