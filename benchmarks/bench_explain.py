@@ -25,13 +25,14 @@ import argparse
 import datetime
 import os
 import platform
-import re
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -143,17 +144,6 @@ def bench_am(tv, model, variables, steps: int, repeats: int, channels: int = 16,
     return channels * steps / t_ours, channels * steps / t_theirs
 
 
-def write_section(path: Path, text: str):
-    """Replace (or append) the '## Explain' section of BENCHMARKS.md."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Explain\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda _: text, old)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -231,7 +221,7 @@ def main(argv=None):
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        write_section(args.out, text)
+        write_section(args.out, "Explain", text)
         print(f"wrote section 'Explain' of {args.out}")
 
 

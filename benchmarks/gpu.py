@@ -2,6 +2,7 @@
 
     bash benchmarks/gpu.sh                 # on a GPU machine: batch 256, 224x224
     GPU_BENCH_TINY=1 bash benchmarks/gpu.sh  # any machine: batch 2, 64x64, few steps
+    python -m benchmarks.gpu --record OUT/gpu_results.json   # -> BENCHMARKS.md "## GPU"
 
 resnet-jax computes in bfloat16 (``create_model(..., dtype=jnp.bfloat16)``; parameters,
 BatchNorm statistics and the loss stay float32); torch runs under
@@ -86,7 +87,23 @@ def top_jax_kernels(trace_dir: Path, steps: int, limit: int = 25) -> dict:
             for kind, c in total.items()}
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--record", metavar="JSON", help="write the GPU section of BENCHMARKS.md "
+                    "from a run's gpu_results.json instead of running")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent
+                    / "BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    if args.record:
+        from benchmarks import write_section
+
+        write_section(args.out, "GPU", section(json.loads(Path(args.record).read_text()),
+                                               args.record))
+        print(f"wrote section 'GPU' of {args.out}")
+        return 0
+
     import jax
 
     import resnet_jax  # noqa: F401  (project settings, as every entry point)
@@ -199,7 +216,7 @@ def main() -> int:
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "gpu_results.json").write_text(json.dumps(
-            {"device": dev, "torch_device": tdev, "batch": batch, "size": size, "tiny": tiny,
+            {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": dev, "torch_device": tdev, "batch": batch, "size": size, "tiny": tiny,
              "versions": vers, "rows": rows, "profiles": profiles, "total_s": total},
             indent=1, default=str))
     print()
@@ -210,17 +227,48 @@ def main() -> int:
     print()
     print(f"device: {dev}; torch device: {tdev}; batch {batch}, {size}x{size}"
           f"{' (TINY)' if tiny else ''}; total {total:.0f} s")
-    print("| row | resnet-jax img/s | torch AMP channels_last img/s | ratio | jax first step s | torch first step s |")
-    print("|---|---:|---:|---:|---:|---:|")
-
-    def f(v, nd=1):
-        return "-" if v is None else f"{v:.{nd}f}"
-
-    for r in rows:
-        ratio = f(r["ratio"], 2) + "x" if r["ratio"] else "-"
-        print(f"| {r['row']} | {f(r['jax'])} | {f(r['torch'])} | {ratio} | "
-              f"{f(r['jax_first_s'])} | {f(r['torch_first_s'])} |")
+    print("\n".join(table(rows)))
     return 0
+
+
+def _f(v, nd=1):
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def table(rows) -> list[str]:
+    lines = ["| row | resnet-jax img/s | torch AMP channels_last img/s | ratio "
+             "| jax first step s | torch first step s |", "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ratio = f"**{r['ratio']:.2f}x**" if r["ratio"] else "-"
+        lines.append(f"| {r['row']} | {_f(r['jax'])} | {_f(r['torch'])} | {ratio} | "
+                     f"{_f(r['jax_first_s'])} | {_f(r['torch_first_s'])} |")
+    return lines
+
+
+def section(results: dict, source: str) -> str:
+    """The '## GPU' section of BENCHMARKS.md for one run's ``gpu_results.json``."""
+    v = results.get("versions", {})
+    date = results.get("date") or time.strftime(
+        "%Y-%m-%d", time.gmtime(os.path.getmtime(source)))
+    L = ["## GPU", "",
+         f"`bash benchmarks/gpu.sh` on **{results['device']}** ({date}); torch on "
+         f"{results['torch_device']}. Batch {results['batch']}, {results['size']}x"
+         f"{results['size']}{' (TINY sizes)' if results.get('tiny') else ''}. resnet-jax "
+         "computes in bf16 (parameters, BatchNorm statistics and the loss in float32), torch "
+         "under `torch.autocast(bfloat16)` with `channels_last` and cudnn benchmark mode. "
+         "Each figure is the median of 5 blocks of 10 steps dispatched back to back with one "
+         "sync per block, the frameworks alternating.",
+         "", "Versions: " + ", ".join(f"{k} {x}" for k, x in v.items() if x is not None), ""]
+    L += table(results["rows"])
+    for name, top in results.get("profiles", {}).items():
+        if not top:
+            continue
+        total = top[0][1] if top[0][0] == "(all)" else None
+        L += ["", f"Profile, {name} of one train step"
+              + (f" ({total:.1f} ms of device time)" if total else "") + ", largest five:", ""]
+        L += [f"- {ms:.2f} ms, {n} launches: `{kname[:90]}`"
+              for kname, ms, n in [t for t in top if t[0] != "(all)"][:5]]
+    return "\n".join(L) + "\n"
 
 
 def profile_train(runs, out_dir: Path | None, torch, tdev: str, n: int = 3) -> dict:

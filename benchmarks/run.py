@@ -12,7 +12,8 @@ peer time / our time, so above 1 means this project is faster.
 
 torch runs with ``torch.set_num_threads(cores)`` (``BENCH_TORCH_THREADS`` to change).
 The "Explain" section of BENCHMARKS.md belongs to benchmarks/bench_explain.py, which this
-runs when it exists (row ``explain``) and whose section is kept when this one rewrites its own.
+runs when it exists (row ``explain``), and the "GPU" section to ``benchmarks/gpu.py
+--record``; both are kept when this one rewrites its own.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import datetime
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks import owned_sections
 
 ROOT = Path(__file__).resolve().parents[1]
 # `python train.py` configurations whose start-up is timed with a cold and a warm cache:
@@ -256,11 +258,9 @@ def render(info: dict, res: dict, args) -> str:
 
 
 def write(path: Path, text: str):
-    """Replace everything but the '## Explain' section, which bench_explain.py owns."""
-    old = path.read_text() if path.exists() else ""
-    m = re.search(r"^## Explain\n.*?(?=^## |\Z)", old, re.S | re.M)
-    explain = m.group(0).rstrip() + "\n" if m else ""
-    path.write_text(text.rstrip() + "\n\n" + explain if explain else text.rstrip() + "\n")
+    """Replace everything but the sections other scripts own (Explain, GPU)."""
+    kept = owned_sections(path)
+    path.write_text(text.rstrip() + "\n\n" + kept if kept else text.rstrip() + "\n")
 
 
 def main(argv=None):
