@@ -197,15 +197,34 @@ def main(argv=None) -> int:
         from resnet_jax import create_model, init_variables
         from resnet_jax.explain import gradcam
 
-        model = create_model(arch)
-        variables = init_variables(model, 0)
         x = np.random.default_rng(0).standard_normal((cam_batch, size, size, 3), dtype=np.float32)
-        # gradcam returns host arrays, so each call ends synced.
-        timed(f"{arch} Grad-CAM fp32 (batch {cam_batch})",
-              {"jax": lambda: (lambda: gradcam(model, variables, x, layer="layer4"),)},
-              cam_batch)
+        makers, cam_peer = {}, None
+        try:  # the peer, pytorch-grad-cam, on the same (ported) weights when it is installed
+            import torchvision
+            from pytorch_grad_cam import GradCAM
+
+            from resnet_jax.port import from_torch
+
+            tv = getattr(torchvision.models, arch)().eval()
+            model, variables = from_torch(tv)
+            tv = tv.to(tdev)
+            cam_peer = GradCAM(tv, [tv.layer4])
+            xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(tdev)
+        except ImportError as e:
+            log("Grad-CAM peer skipped:", e)
+            model = create_model(arch)
+            variables = init_variables(model, 0)
+        # Both return host arrays (numpy maps), so each call ends synced.
+        makers["jax"] = lambda: (lambda: gradcam(model, variables, x, layer="layer4"),)
+        if cam_peer is not None:
+            makers["torch"] = lambda: (lambda: cam_peer(xt, targets=None),)
+            diff = float(np.abs(gradcam(model, variables, x, layer="layer4")
+                                - cam_peer(xt, targets=None)).max())
+            log(f"Grad-CAM maps: largest difference from pytorch-grad-cam {diff:.2e}")
+        timed(f"{arch} Grad-CAM fp32 (batch {cam_batch})", makers, cam_batch)
     except Exception as e:
         log(f"Grad-CAM FAILED: {type(e).__name__}: {e}")
+        traceback.print_exc()
 
     profiles = {}
     if os.environ.get("GPU_BENCH_PROFILE", "1") != "0":
@@ -236,7 +255,7 @@ def _f(v, nd=1):
 
 
 def table(rows) -> list[str]:
-    lines = ["| row | resnet-jax img/s | torch AMP channels_last img/s | ratio "
+    lines = ["| row | resnet-jax img/s | torch img/s | ratio "
              "| jax first step s | torch first step s |", "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         ratio = f"**{r['ratio']:.2f}x**" if r["ratio"] else "-"
@@ -257,7 +276,8 @@ def section(results: dict, source: str) -> str:
          "computes in bf16 (parameters, BatchNorm statistics and the loss in float32), torch "
          "under `torch.autocast(bfloat16)` with `channels_last` and cudnn benchmark mode. "
          "Each figure is the median of 5 blocks of 10 steps dispatched back to back with one "
-         "sync per block, the frameworks alternating.",
+         "sync per block, the frameworks alternating. Grad-CAM: float32 both, against "
+         "pytorch-grad-cam's `GradCAM` on the same weights where it is installed.",
          "", "Versions: " + ", ".join(f"{k} {x}" for k, x in v.items() if x is not None), ""]
     L += table(results["rows"])
     for name, top in results.get("profiles", {}).items():

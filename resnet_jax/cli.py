@@ -25,7 +25,8 @@ UserError = ResNetJaxError  # raised by commands for a mistake in their input
 
 
 def enable_compilation_cache() -> None:
-    """Persist compiled XLA programs across processes (``RESNET_JAX_CACHE`` to relocate)."""
+    """Persist compiled XLA programs across processes (``RESNET_JAX_CACHE`` to relocate),
+    and the traced train steps beside them (``resnet_jax.train.trace_cache``)."""
     import jax
 
     path = os.environ.get("RESNET_JAX_CACHE", os.path.expanduser("~/.cache/resnet_jax/xla"))
@@ -34,6 +35,9 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    from .train import trace_cache
+
+    trace_cache.enable(os.path.join(path, "resnet_jax_traces"))
 
 
 def build_parser() -> argparse.ArgumentParser:

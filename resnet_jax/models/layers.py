@@ -8,6 +8,9 @@ variance as torch keeps it, explicit convolution padding, and torchvision's init
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
 import functools
 import math
 import os
@@ -98,24 +101,59 @@ def _jaxlib_knows(flag: str) -> bool:
 configure_xla_cpu()
 
 
+# While set (by ``deferred_host_draws``), host initialisers do not call back to the host:
+# they record (placeholder, key data, draw, shape, dtype) here and return zeros, so that
+# the jitted init holds no host callback (which XLA's persistent cache refuses) and the
+# numbers are drawn by the caller afterwards, from the same keys.
+_DEFERRED_DRAWS: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+    "resnet_jax_deferred_draws", default=None)
+
+
+@dataclasses.dataclass(frozen=True)
+class HostDraw:
+    """One parameter to draw on the host: ``draw(default_rng(seed words), shape)``."""
+
+    draw: Callable[[np.random.Generator, tuple], np.ndarray]
+    shape: tuple
+    dtype: np.dtype
+
+    def __call__(self, seed) -> np.ndarray:
+        rng = np.random.default_rng(np.asarray(seed, np.uint32).ravel().tolist())
+        return np.asarray(self.draw(rng, self.shape), dtype=self.dtype)
+
+
+@contextlib.contextmanager
+def deferred_host_draws():
+    """Collect the host draws of the initialisers called inside (see ``_DEFERRED_DRAWS``);
+    yields the list of ``(placeholder, key_data, HostDraw)``."""
+    pending: list = []
+    token = _DEFERRED_DRAWS.set(pending)
+    try:
+        yield pending
+    finally:
+        _DEFERRED_DRAWS.reset(token)
+
+
 def host_initializer(draw: Callable[[np.random.Generator, tuple], np.ndarray]) -> Callable:
     """A flax initializer whose numbers are drawn on the host by numpy, seeded by the key.
 
     XLA's CPU compiler spends ~0.15 s on every jax.random sampling site, so a jitted
     ResNet-50 init with one site per convolution compiled for ~20 s; a host callback per
     site compiles in milliseconds. The draw is deterministic in the JAX key.
+    ``init_variables`` defers the draws instead (``deferred_host_draws``): same numbers,
+    and a program the persistent compilation cache can keep.
     """
 
     def init(key, shape, dtype=jnp.float32):
         data = jax.random.key_data(key) if jax.dtypes.issubdtype(
             key.dtype, jax.dtypes.prng_key) else key
-        shape = tuple(shape)
-
-        def sample(seed):
-            rng = np.random.default_rng(np.asarray(seed, np.uint32).ravel().tolist())
-            return np.asarray(draw(rng, shape), dtype=dtype)
-
-        return jax.pure_callback(sample, jax.ShapeDtypeStruct(shape, dtype), data,
+        host = HostDraw(draw, tuple(shape), np.dtype(dtype))
+        pending = _DEFERRED_DRAWS.get()
+        if pending is not None:
+            placeholder = jnp.zeros(host.shape, host.dtype)
+            pending.append((placeholder, data, host))
+            return placeholder
+        return jax.pure_callback(host, jax.ShapeDtypeStruct(host.shape, host.dtype), data,
                                  vmap_method="sequential")
 
     return init

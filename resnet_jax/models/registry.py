@@ -8,7 +8,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import flax.linen as nn
@@ -18,7 +20,7 @@ import numpy as np
 
 from ..errors import ResNetJaxError
 from .digits import DigitCNN
-from .layers import tap_name
+from .layers import deferred_host_draws, tap_name
 from .resnet import ResNet
 
 
@@ -113,7 +115,7 @@ def input_shape(model: nn.Module, image_size: int | tuple[int, int] | None = Non
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_init(model: nn.Module, shape: tuple):
+def _callback_init(model: nn.Module, shape: tuple):
     def init(rng):
         variables = model.init(rng, jnp.zeros(shape, jnp.float32), train=False)
         return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
@@ -121,16 +123,65 @@ def _compiled_init(model: nn.Module, shape: tuple):
     return jax.jit(init)
 
 
+@functools.lru_cache(maxsize=32)
+def _compiled_init(model: nn.Module, shape: tuple):
+    """The jitted init and, filled when it is traced, where its host draws go.
+
+    The program returns the variables with zeros where a host initialiser stands and, for
+    each of those, its key; ``init_variables`` then draws them with numpy. With no host
+    callback inside, the program is one the persistent compilation cache keeps.
+    """
+    draws: dict = {}  # tracing fills it: {leaf index: HostDraw}
+
+    def init(rng):
+        with deferred_host_draws() as pending:
+            variables = model.init(rng, jnp.zeros(shape, jnp.float32), train=False)
+        variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+        by_id = {id(p): (data, host) for p, data, host in pending}
+        leaves = jax.tree_util.tree_leaves(variables)
+        draws.clear()
+        keys = {}
+        for i, leaf in enumerate(leaves):
+            if id(leaf) in by_id:
+                keys[i], draws[i] = by_id[id(leaf)]
+        if len(draws) != len(pending):  # pragma: no cover - a placeholder was transformed
+            raise RuntimeError(f"{len(pending) - len(draws)} deferred parameter draws of "
+                               f"{type(model).__name__} did not reach its variables")
+        return variables, keys
+
+    return jax.jit(init), draws
+
+
 def init_variables(model: nn.Module, rng: int | jax.Array = 0, image_size=None) -> dict:
     """Fresh ``{'params', 'batch_stats'}`` for ``model``, initialised as torchvision does.
 
     Parameter shapes do not depend on the image size, so by default the forward pass that
-    creates them runs on a single pixel. The compiled initialiser is kept per model.
+    creates them runs on a single pixel. The compiled initialiser is kept per model; it
+    derives every parameter's key, and numpy draws the numbers from those keys.
     """
     if isinstance(rng, int):
         rng = jax.random.key(rng)
     shape = input_shape(model, (1, 1) if _any_size(model) else image_size)
-    return _compiled_init(model, shape)(rng)
+    if isinstance(rng, jax.core.Tracer):
+        # Called under a transformation (jit, eval_shape): the key has no value yet, so
+        # the draws stay in the program, as host callbacks.
+        return _callback_init(model, shape)(rng)
+    init, draws = _compiled_init(model, shape)
+    variables, keys = init(rng)
+    leaves, treedef = jax.tree_util.tree_flatten(variables)
+    keys = jax.device_get(keys)
+
+    def draw(i):
+        value, like = draws[i](keys[i]), leaves[i]
+        # Placed as the program's own output was: committed only if it was (an uncommitted
+        # array can still go to a mesh of several hosts).
+        return i, jax.device_put(value, like.sharding) if like.committed else jnp.asarray(value)
+
+    # numpy's generators release the GIL while they fill an array: draw on every core.
+    with ThreadPoolExecutor(max_workers=min(len(draws), os.cpu_count() or 1) or 1) as pool:
+        for i, value in pool.map(draw, sorted(draws, key=lambda i: -leaves[i].size)):
+            leaves[i] = value
+    return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 def _any_size(model: nn.Module) -> bool:

@@ -21,6 +21,7 @@ from ..errors import ResNetJaxError
 from ..models import create_model, init_variables, model_from_config
 from ..models.layers import train_compiler_options
 from . import sharding as shd
+from . import trace_cache
 from .checkpoints import RunCheckpoints, abstract
 from .logs import MetricLog
 from .state import OptimizerConfig, TrainState, make_optimizer, schedule
@@ -192,12 +193,19 @@ def evaluate(state, loader: Loader, eval_step, mesh) -> EvalResult:
 
 
 def _jit_steps(model, pre: Preprocess, num_classes: int, label_smoothing: float, mesh,
-               lr_schedule=None):
-    rep = shd.replicated(mesh)
-    train_step = jax.jit(
-        make_train_step(pre.mean, pre.std, num_classes, label_smoothing, lr_schedule),
-        donate_argnums=0, out_shardings=(rep, rep), compiler_options=train_compiler_options(),
-    )
+               lr_schedule=None, opt_cfg: OptimizerConfig | None = None):
+    step = make_train_step(pre.mean, pre.std, num_classes, label_smoothing, lr_schedule)
+    if trace_cache.directory() is not None and mesh.devices.size == 1 and opt_cfg is not None:
+        # The traced step is kept across processes (one device: its program names no mesh).
+        parts = {"model": model, "optimizer": opt_cfg, "mean": tuple(pre.mean),
+                 "std": tuple(pre.std), "num_classes": num_classes,
+                 "label_smoothing": label_smoothing}
+        train_step = trace_cache.CachedStep(step, parts,
+                                            compiler_options=train_compiler_options())
+    else:
+        rep = shd.replicated(mesh)
+        train_step = jax.jit(step, donate_argnums=0, out_shardings=(rep, rep),
+                             compiler_options=train_compiler_options())
     eval_step = jax.jit(make_eval_step(pre.mean, pre.std, num_classes))
     return train_step, eval_step
 
@@ -335,7 +343,8 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
                     if k not in ("progress", "resume", "output")}
 
     # ---------------------------------------------------------------- steps
-    train_step, eval_step = _jit_steps(model, pre, num_classes, cfg.label_smoothing, mesh, lr_at)
+    train_step, eval_step = _jit_steps(model, pre, num_classes, cfg.label_smoothing, mesh,
+                                       lr_at, opt_cfg)
     logs = MetricLog(run_dir, enabled=main_process, tensorboard=cfg.tensorboard)
     if main_process:
         what = (f"resumed at step {start_step}" if resume_step is not None else

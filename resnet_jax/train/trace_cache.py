@@ -1,0 +1,156 @@
+"""Traced train steps kept across processes (``jax.export``), beside XLA's compilation cache.
+
+XLA's persistent compilation cache (``resnet_jax.cli.enable_compilation_cache``) spares a
+second process the compilation of its programs, but not the tracing that comes first:
+flax traces a ResNet-50 train step through its modules for ~2 s at every start. This
+module keeps the traced step itself, serialised by ``jax.export``, so that a second
+``python train.py`` with the same settings skips the tracing too; its compiled program
+then comes from the compilation cache as before.
+
+A traced program can only be reused where it is the same program, so the key covers
+everything the trace depends on: the source of this package, the versions of jax, jaxlib,
+flax and optax, the backend and device, the jax settings that change tracing, the model
+(its full ``repr``), the optimizer settings, the data's normalisation and class count,
+the compiler options, and the shapes, dtypes and tree structure of the state and the
+batch. Anything that does not fit (several devices, a tree structure that names an
+object by address) falls back to plain ``jax.jit``. ``RESNET_JAX_TRACE_CACHE=0`` turns the
+cache off; an unreadable entry is ignored and written again.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import logging
+import os
+from importlib import metadata
+from pathlib import Path
+
+import jax
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when what an entry holds changes
+_directory: Path | None = None
+
+
+def enable(directory) -> None:
+    """Keep traced steps under ``directory`` (``None``: stop)."""
+    global _directory
+    _directory = None if directory is None else Path(directory)
+
+
+def directory() -> Path | None:
+    """Where traced steps are kept; None when the cache is off or cannot serialise."""
+    if os.environ.get("RESNET_JAX_TRACE_CACHE", "1").lower() in ("0", "off", "false", "no"):
+        return None
+    return _directory if _directory is not None and _can_serialise() else None
+
+
+@functools.cache
+def _can_serialise() -> bool:
+    return importlib.util.find_spec("flatbuffers") is not None
+
+
+@functools.cache
+def _environment_digest() -> str:
+    """The package's own source and the versions of the libraries that trace the step."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent.parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    for name in ("jax", "jaxlib", "flax", "optax", "numpy"):
+        try:
+            h.update(f"{name}={metadata.version(name)}".encode())
+        except metadata.PackageNotFoundError:
+            h.update(f"{name}=?".encode())
+    return h.hexdigest()
+
+
+def _aval_text(tree) -> str:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    avals = ",".join(f"{x.dtype}{list(x.shape)}{'w' if getattr(x, 'weak_type', False) else ''}"
+                     for x in (jax.typeof(leaf) for leaf in leaves))
+    return f"{treedef}|{avals}"
+
+
+def step_key(parts: dict, state, batch) -> str | None:
+    """The cache key of a train step, or None where the step must not be cached."""
+    trees = (state.step, state.params, state.batch_stats, state.opt_state)
+    text = "\n".join([
+        f"format={FORMAT}", _environment_digest(),
+        f"backend={jax.default_backend()}",
+        f"device={jax.devices()[0].device_kind}",
+        *(f"{flag}={getattr(jax.config, flag)}" for flag in (
+            "jax_enable_x64", "jax_default_matmul_precision", "jax_numpy_rank_promotion",
+            "jax_default_prng_impl")),
+        *(f"{k}={parts[k]!r}" for k in sorted(parts)),
+        "state=" + _aval_text(trees),
+        "batch=" + _aval_text(batch),
+    ])
+    if " at 0x" in text:  # an object known only by its address: not a stable key
+        return None
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class CachedStep:
+    """``train_step(state, batch) -> (state, metrics)``, traced once per settings and kept.
+
+    ``step`` is the un-jitted train step; ``parts`` names everything it was built from
+    that is not in the state's or the batch's shapes. The jitted step (state donated) is
+    built at the first call, from the cache when it holds this step's trace.
+    """
+
+    def __init__(self, step, parts: dict, *, compiler_options=None):
+        self._step, self._parts = step, dict(parts)
+        self._options = compiler_options or {}
+        self._call = None
+        self._treedef = None
+        self.source = None  # "cache" or "traced" after the first call
+
+    def _flat_step(self, leaves, batch):
+        state = jax.tree_util.tree_unflatten(self._treedef, leaves)
+        new_state, metrics = self._step(state, batch)
+        new_leaves, treedef = jax.tree_util.tree_flatten(new_state)
+        if treedef != self._treedef:  # pragma: no cover - a step that changes the state's form
+            raise TypeError("the train step returned a state of another structure")
+        return new_leaves, metrics
+
+    def _exported(self, leaves, batch):
+        folder = directory()
+        key = step_key({**self._parts, "compiler_options": self._options},
+                       jax.tree_util.tree_unflatten(self._treedef, leaves), batch) \
+            if folder is not None else None
+        path = None if key is None else folder / f"train_step-{key[:40]}.jax"
+        if path is not None and path.is_file():
+            try:
+                exported = jax.export.deserialize(bytearray(path.read_bytes()))
+                self.source = "cache"
+                return exported
+            except Exception as e:  # a damaged entry: trace again and replace it
+                log.warning("ignoring unreadable traced step %s: %s", path, e)
+        exported = jax.export.export(jax.jit(self._flat_step))(leaves, batch)
+        self.source = "traced"
+        if path is not None:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+                tmp.write_bytes(exported.serialize())
+                os.replace(tmp, path)
+            except OSError as e:  # a read-only cache folder costs only the next start
+                log.warning("could not keep the traced step in %s: %s", folder, e)
+        return exported
+
+    def __call__(self, state, batch):
+        leaves, treedef = jax.tree_util.tree_flatten(state)
+        if self._call is None:
+            self._treedef = treedef
+            exported = self._exported(leaves, batch)
+            self._call = jax.jit(exported.call, donate_argnums=0,
+                                 compiler_options=self._options or None)
+        elif treedef != self._treedef:
+            raise TypeError("the train step was built for a state of another structure")
+        new_leaves, metrics = self._call(leaves, batch)
+        return jax.tree_util.tree_unflatten(treedef, new_leaves), metrics
