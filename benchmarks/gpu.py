@@ -214,8 +214,10 @@ def main(argv=None) -> int:
             log("Grad-CAM peer skipped:", e)
             model = create_model(arch)
             variables = init_variables(model, 0)
-        # Both return host arrays (numpy maps), so each call ends synced.
-        makers["jax"] = lambda: (lambda: gradcam(model, variables, x, layer="layer4"),)
+        # Both take a batch already on the device and return host arrays (numpy maps), so
+        # each call ends synced.
+        xj = jax.device_put(x)
+        makers["jax"] = lambda: (lambda: gradcam(model, variables, xj, layer="layer4"),)
         if cam_peer is not None:
             makers["torch"] = lambda: (lambda: cam_peer(xt, targets=None),)
             diff = float(np.abs(gradcam(model, variables, x, layer="layer4")

@@ -28,14 +28,15 @@ class Explanation:
 
     maps: (B, H, W), or (B, T, H, W) when several targets per image were asked for.
     targets: (B,) or (B, T) class indices explained. scores: their softmax probabilities.
-    logits: (B, classes). images: the batch the model saw (after conversion/resizing).
+    logits: (B, classes). images: the batch the model saw (after conversion/resizing; the
+    caller's own array, numpy or jax, when it needed neither).
     """
 
     maps: np.ndarray
     targets: np.ndarray
     scores: np.ndarray
     logits: np.ndarray
-    images: np.ndarray
+    images: np.ndarray | jax.Array
     method: str
     layer: str | None
 
@@ -59,6 +60,7 @@ def explain(model, variables, images, targets=None, layer: str | None = "layer4"
             seed: int = 0, **options) -> Explanation:
     """Explain ``model``'s scores for ``images`` with ``method``; see ``gradcam``."""
     m = get_method(method)
+    ready = base.batch_ready(model, images, image_size)
     x = base.prepare_images(model, images, image_size)
     n = x.shape[0]
     t, multi = base.normalize_targets(targets, n, base.num_classes_of(model))
@@ -84,7 +86,7 @@ def explain(model, variables, images, targets=None, layer: str | None = "layer4"
         maps=base.as_batch_maps(maps, multi),
         targets=tt if multi else tt[:, 0],
         scores=scores if multi else scores[:, 0],
-        logits=logits, images=np.asarray(x), method=m.name, layer=layer,
+        logits=logits, images=images if ready else np.asarray(x), method=m.name, layer=layer,
     )
 
 

@@ -182,7 +182,7 @@ def _to_float(img) -> np.ndarray:
     a = np.asarray(img)
     if a.dtype == np.uint8:
         return a.astype(np.float32) / 255.0
-    return a.astype(np.float32)
+    return np.asarray(a, np.float32)  # no copy when it already is float32
 
 
 def expected_hw(model) -> tuple[int, int] | None:
@@ -207,6 +207,10 @@ def prepare_images(model, images, image_size=None) -> jnp.ndarray:
     from ..models import input_shape
 
     channels = int(getattr(model, "in_channels", 3))
+    if batch_ready(model, images, image_size):
+        # Already the batch the model takes: no host copy (and no transfer back and
+        # forth when it is a device array).
+        return jnp.asarray(images)
     if isinstance(images, (list, tuple)):
         items = [_to_float(i) for i in images]
     else:
@@ -252,7 +256,23 @@ def prepare_images(model, images, image_size=None) -> jnp.ndarray:
         if img.shape[:2] != tuple(hw):
             img = np.asarray(jax.image.resize(img, (*hw, img.shape[-1]), "linear"))
         batch.append(img)
-    return jnp.asarray(np.stack(batch).astype(np.float32))
+    return jnp.asarray(np.stack(batch))
+
+
+def batch_ready(model, images, image_size=None) -> bool:
+    """Whether ``images`` is already a float32 NHWC batch of the model's channels that
+    needs no resizing (``prepare_images`` then passes it through)."""
+    channels = int(getattr(model, "in_channels", 3))
+    shape = getattr(images, "shape", None)
+    if isinstance(images, (list, tuple)) or shape is None or len(shape) != 4:
+        return False
+    if shape[-1] != channels or np.dtype(getattr(images, "dtype", None)) != np.float32:
+        return False
+    if image_size is not None:
+        hw = (image_size, image_size) if np.isscalar(image_size) else tuple(image_size)
+    else:
+        hw = expected_hw(model)
+    return hw is None or tuple(shape[1:3]) == tuple(hw)
 
 
 # ---------------------------------------------------------------------------------------
