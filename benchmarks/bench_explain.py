@@ -32,8 +32,6 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import write_section
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -221,6 +219,9 @@ def main(argv=None):
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
+        sys.path.insert(0, str(ROOT))  # run as a script: the benchmarks package by path
+        from benchmarks import write_section
+
         write_section(args.out, "Explain", text)
         print(f"wrote section 'Explain' of {args.out}")
 

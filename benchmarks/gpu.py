@@ -2,7 +2,7 @@
 
     bash benchmarks/gpu.sh                 # on a GPU machine: batch 256, 224x224
     GPU_BENCH_TINY=1 bash benchmarks/gpu.sh  # any machine: batch 2, 64x64, few steps
-    python -m benchmarks.gpu --record OUT/gpu_results.json   # -> BENCHMARKS.md "## GPU"
+    python -m benchmarks.gpu --record RUN1/gpu_results.json ...  # -> BENCHMARKS.md "## GPU"
 
 resnet-jax computes in bfloat16 (``create_model(..., dtype=jnp.bfloat16)``; parameters,
 BatchNorm statistics and the loss stay float32); torch runs under
@@ -91,16 +91,16 @@ def main(argv=None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--record", metavar="JSON", help="write the GPU section of BENCHMARKS.md "
-                    "from a run's gpu_results.json instead of running")
+    ap.add_argument("--record", metavar="JSON", nargs="+", help="write the GPU section of "
+                    "BENCHMARKS.md from runs' gpu_results.json instead of running")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent
                     / "BENCHMARKS.md")
     args = ap.parse_args(argv)
     if args.record:
         from benchmarks import write_section
 
-        write_section(args.out, "GPU", section(json.loads(Path(args.record).read_text()),
-                                               args.record))
+        write_section(args.out, "GPU", section(
+            [(json.loads(Path(f).read_text()), f) for f in args.record]))
         print(f"wrote section 'GPU' of {args.out}")
         return 0
 
@@ -266,27 +266,35 @@ def table(rows) -> list[str]:
     return lines
 
 
-def section(results: dict, source: str) -> str:
-    """The '## GPU' section of BENCHMARKS.md for one run's ``gpu_results.json``."""
-    v = results.get("versions", {})
-    date = results.get("date") or time.strftime(
-        "%Y-%m-%d", time.gmtime(os.path.getmtime(source)))
+def section(runs: list[tuple[dict, str]]) -> str:
+    """The '## GPU' section of BENCHMARKS.md from runs' ``gpu_results.json`` (with their
+    paths), one table per run; the profile of the last."""
     L = ["## GPU", "",
-         f"`bash benchmarks/gpu.sh` on **{results['device']}** ({date}); torch on "
-         f"{results['torch_device']}. Batch {results['batch']}, {results['size']}x"
-         f"{results['size']}{' (TINY sizes)' if results.get('tiny') else ''}. resnet-jax "
-         "computes in bf16 (parameters, BatchNorm statistics and the loss in float32), torch "
-         "under `torch.autocast(bfloat16)` with `channels_last` and cudnn benchmark mode. "
-         "Each figure is the median of 5 blocks of 10 steps dispatched back to back with one "
-         "sync per block, the frameworks alternating. Grad-CAM: float32 both, against "
-         "pytorch-grad-cam's `GradCAM` on the same weights where it is installed.",
-         "", "Versions: " + ", ".join(f"{k} {x}" for k, x in v.items() if x is not None), ""]
-    L += table(results["rows"])
+         "`bash benchmarks/gpu.sh`, one call per run; `python -m benchmarks.gpu --record "
+         "RESULTS.json ...` wrote this section. resnet-jax computes in bf16 (parameters, "
+         "BatchNorm statistics and the loss in float32), torch under "
+         "`torch.autocast(bfloat16)` with `channels_last` and cudnn benchmark mode. Each "
+         "figure is the median of 5 blocks of 10 steps dispatched back to back with one sync "
+         "per block, the frameworks alternating. Grad-CAM: float32 both, against "
+         "pytorch-grad-cam's `GradCAM` on the same (ported) weights where it is installed, "
+         "both given a batch already on the device and returning numpy maps."]
+    for results, source in runs:
+        v = results.get("versions", {})
+        date = results.get("date") or time.strftime(
+            "%Y-%m-%d", time.gmtime(os.path.getmtime(source)))
+        L += ["", f"### {results['device']}, {date}", "",
+              f"Batch {results['batch']}, {results['size']}x{results['size']}"
+              f"{' (TINY sizes)' if results.get('tiny') else ''}; torch on "
+              f"{results['torch_device']}; run took {results.get('total_s', 0):.0f} s. "
+              "Versions: " + ", ".join(f"{k} {x}" for k, x in v.items() if x is not None) + ".",
+              ""]
+        L += table(results["rows"])
+    results = runs[-1][0]
     for name, top in results.get("profiles", {}).items():
         if not top:
             continue
         total = top[0][1] if top[0][0] == "(all)" else None
-        L += ["", f"Profile, {name} of one train step"
+        L += ["", f"Profile of the last run, {name} of one train step"
               + (f" ({total:.1f} ms of device time)" if total else "") + ", largest five:", ""]
         L += [f"- {ms:.2f} ms, {n} launches: `{kname[:90]}`"
               for kname, ms, n in [t for t in top if t[0] != "(all)"][:5]]

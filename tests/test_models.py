@@ -163,6 +163,67 @@ def test_loop_friendly_convolution_gradients_equal_lax(stride, pad, kernel, grou
         np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape,kernel,stride,pad,out", [
+    ((2, 12, 10, 16), 3, 2, 1, 12),   # per-phase stride-1 convolutions
+    ((2, 12, 12, 16), 1, 2, 0, 24),   # 1x1 downsample: one phase holds every tap
+    ((2, 12, 12, 8), 4, 2, 1, 6),     # an even kernel
+    ((2, 15, 15, 9), 5, 3, 2, 4),     # stride 3
+    ((2, 16, 14, 3), 7, 2, 3, 8),     # a stem on RGB: matrix product, summed by phase
+    ((2, 11, 9, 3), 7, 2, 3, 8),      # ... with odd sizes
+    ((2, 11, 13, 16), 3, 2, 1, 5),    # odd sizes, many channels: lax's dilated form
+])
+def test_fast_strided_input_gradients_equal_lax(shape, kernel, stride, pad, out):
+    from resnet_jax.models import autodiff
+
+    x = jax.random.normal(jax.random.key(2), shape)
+    w = jax.random.normal(jax.random.key(3), (kernel, kernel, shape[-1], out))
+    padding = ((pad, pad), (pad, pad))
+
+    def loss(conv, x, w):
+        y = conv(x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.sum(jnp.sin(y))
+
+    want = jax.grad(loss, (1, 2))(jax.lax.conv_general_dilated, x, w)
+    with autodiff.fast_gradients():
+        got = jax.grad(loss, (1, 2))(autodiff.conv_general_dilated, x, w)
+    for g, r in zip(got, want):
+        scale = float(jnp.abs(r).max())
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=0, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("shape,window,stride,pad", [
+    ((2, 16, 16, 8), 3, 2, 1), ((2, 9, 11, 4), 3, 2, 1), ((3, 10, 10, 5), 2, 2, 0),
+])
+def test_fast_max_pool_gradient_equals_torch_on_ties(shape, window, stride, pad):
+    """Mask-routed max-pool gradient: after a ReLU most windows tie at zero; the gradient
+    goes to each window's first maximum, as in torch (and XLA's select-and-scatter)."""
+    import torch
+
+    from resnet_jax.models import autodiff
+
+    x = jnp.maximum(jax.random.normal(jax.random.key(4), shape), 0.0)
+    padding = ((pad, pad), (pad, pad))
+
+    def pooled(x):
+        return autodiff.max_pool(x, (window, window), (stride, stride), padding)
+
+    with autodiff.fast_gradients():
+        y, vjp = jax.vjp(pooled, x)
+        g = jax.random.normal(jax.random.key(5), y.shape)
+        (dx,) = vjp(g)
+        assert "custom_vjp_call" in str(jax.make_jaxpr(pooled)(x))
+    xt = torch.tensor(np.asarray(x).transpose(0, 3, 1, 2), requires_grad=True)
+    yt = torch.nn.functional.max_pool2d(xt, window, stride, pad)
+    yt.backward(torch.tensor(np.asarray(g).transpose(0, 3, 1, 2)))
+    np.testing.assert_array_equal(np.asarray(y), yt.detach().numpy().transpose(0, 2, 3, 1))
+    np.testing.assert_allclose(np.asarray(dx), xt.grad.numpy().transpose(0, 2, 3, 1),
+                               rtol=0, atol=1e-6)
+    # lax's own rule gives the same (outside the context the models use it).
+    want = jax.vjp(lambda x: autodiff.max_pool(x, (window, window), (stride, stride),
+                                               padding), x)[1](g)[0]
+    np.testing.assert_allclose(np.asarray(dx), np.asarray(want), rtol=0, atol=1e-6)
+
+
 def test_loop_friendly_gradients_in_a_scan_are_canonical_and_equal():
     """Inside lax.scan, XLA:CPU compiles only canonical (b01f_01io->b01f) convolutions
     with its Eigen kernels; under loop_friendly_gradients every convolution of a

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..models.autodiff import fast_gradients
 from . import base
 from .methods import get_method
 
@@ -48,8 +49,9 @@ def compiled(model, method_name: str, layer: str | None, options: tuple = ()):
     opts = dict(options)
 
     def run(variables, x, targets, key):
-        logits, t, maps = method.compute(model, variables, x, targets, layer=layer, key=key,
-                                         **opts)
+        with fast_gradients():  # strided convolutions' and max-pool's input gradients
+            logits, t, maps = method.compute(model, variables, x, targets, layer=layer,
+                                             key=key, **opts)
         return logits, t, maps
 
     return jax.jit(run)

@@ -3,7 +3,7 @@
 Depends on jax and flax only.
 """
 
-from .autodiff import loop_friendly_gradients, relu_variant
+from .autodiff import fast_gradients, loop_friendly_gradients, relu_variant
 from .digits import DigitCNN
 from .layers import BatchNorm
 from .registry import (
@@ -27,6 +27,6 @@ from .resnet import BasicBlock, Bottleneck, ResNet
 __all__ = [
     "ARCHS", "TORCHVISION_ARCHS", "ArchSpec", "BasicBlock", "BatchNorm", "Bottleneck",
     "DigitCNN", "ResNet", "abstract_variables", "count_params", "create_model", "features",
-    "get_spec", "init_variables", "input_shape", "layer_names", "loop_friendly_gradients",
+    "fast_gradients", "get_spec", "init_variables", "input_shape", "layer_names", "loop_friendly_gradients",
     "model_config", "model_from_config", "relu_variant", "with_new_head",
 ]

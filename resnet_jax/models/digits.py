@@ -12,7 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .autodiff import conv_general_dilated, relu
+from .autodiff import conv_general_dilated, max_pool, relu
 from .layers import Tap, torch_default_init
 
 Dtype = Any
@@ -43,11 +43,11 @@ class DigitCNN(nn.Module, Tap):
         conv1 = nn.Conv(25, (3, 3), padding="VALID", name="conv1",
                         conv_general_dilated=conv_general_dilated, **kw(9 * x.shape[-1]))
         x = self.tap("conv1", relu(conv1(x)))
-        x = self.tap("pool1", nn.max_pool(x, (2, 2), strides=(2, 2)))
+        x = self.tap("pool1", max_pool(x, (2, 2), (2, 2)))
         conv2 = nn.Conv(50, (3, 3), padding="VALID", name="conv2",
                         conv_general_dilated=conv_general_dilated, **kw(9 * x.shape[-1]))
         x = self.tap("conv2", relu(conv2(x)))
-        x = self.tap("pool2", nn.max_pool(x, (2, 2), strides=(2, 2)))
+        x = self.tap("pool2", max_pool(x, (2, 2), (2, 2)))
         x = self.tap("flatten", x.reshape(x.shape[0], -1))
         hidden = nn.Dense(self.hidden, name="hidden", **kw(x.shape[-1]))
         x = self.tap("hidden", relu(hidden(x)))

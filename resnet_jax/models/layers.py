@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .autodiff import conv_general_dilated
+from .autodiff import conv_general_dilated, max_pool
 
 Dtype = Any
 
@@ -264,7 +264,7 @@ def conv(
 
 def max_pool_3x3_s2(x):
     """torch.nn.MaxPool2d(kernel_size=3, stride=2, padding=1): pads with -inf."""
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    return max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
 
 
 TAP_SUFFIX = ":out"

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ..models.autodiff import fast_gradients
 from .state import TrainState
 
 
@@ -60,7 +61,10 @@ def make_train_step(mean, std, num_classes: int, label_smoothing: float = 0.0,
             loss = jnp.mean(cross_entropy(logits, labels, num_classes, label_smoothing))
             return loss, (logits, new_vars.get("batch_stats", state.batch_stats))
 
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        # Traced with the gradients XLA:CPU compiles well (strided convolutions, max-pool).
+        with fast_gradients():
+            (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+                loss_fn, has_aux=True)(state.params)
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         logits = logits.astype(jnp.float32)
