@@ -149,7 +149,9 @@ def _canonical_bwd(strides, pads, groups, residuals, g):
         dx = lax.conv_general_dilated(g, w_t, (1, 1), dx_pads, lhs_dilation=strides,
                                       dimension_numbers=NHWC, feature_group_count=groups)
 
-    if groups == 1:
+    if groups == 1 and kh == kw == 1 and any(st > 1 for st in strides):
+        dw = _pointwise_strided_kernel_gradient(x, g, strides, pads)
+    elif groups == 1:
         # Kernel gradient: a convolution whose batch is the input channels, whose
         # features are the images and whose window is the (stride-dilated) output.
         dw_pads = [(lo, k + (n_out - 1) * s - n_in - lo)
@@ -198,6 +200,18 @@ def _interleave(phases: dict, strides, shape):
     rows = [jnp.stack([phases.get((a, b), blank) for b in range(sw)], axis=3)
             .reshape(batch, ph, pw * sw, c) for a in range(sh)]
     return jnp.stack(rows, axis=2).reshape(batch, ph * sh, pw * sw, c)
+
+
+def _pointwise_strided_kernel_gradient(x, g, strides, pads):
+    """The kernel gradient of a strided 1x1 convolution (a downsample): one matrix product
+    of the strided input with the output gradient (28 -> 8 ms on a 32x56x56x64 batch,
+    where the window-dilated kernel-gradient convolution runs poorly in XLA:CPU). A
+    per-phase split of larger strided kernels measured slower than the dilated form
+    (3x3: 45 -> 68 ms), so those keep it."""
+    (sh, sw), (oh, ow) = strides, g.shape[1:3]
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    sl = xp[:, : sh * (oh - 1) + 1 : sh, : sw * (ow - 1) + 1 : sw]
+    return jnp.einsum("bhwc,bhwo->co", sl, g)[None, None]
 
 
 def _phase(k: int, s: int, lo: int, a: int, n_out: int, n_a: int):
