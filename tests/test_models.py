@@ -255,7 +255,7 @@ def test_loop_friendly_gradients_in_a_scan_are_canonical_and_equal():
         compiled = jax.jit(scanned).lower(variables["params"], x).compile()
     labels = re.findall(r"convolution\(.*?dim_labels=([^,]+),", compiled.as_text())
     # 20 forward convolutions and their gradients (the strided input gradients split
-    # into phases, the stem's and the downsamples' kernel gradients matrix products).
+    # into phases, the stem's input gradient and the downsamples' kernel gradients matrix products).
     assert len(labels) >= 2 * 20 and set(labels) == {"b01f_01io->b01f"}, set(labels)
     got = compiled(variables["params"], x)
     want = jax.jit(grads)(variables["params"], x)
