@@ -27,8 +27,8 @@ so threads and other traces are unaffected.
     The train step (``resnet_jax.train.make_train_step``), the explain methods and
     activation maximisation trace under it; a ResNet-18 train step ran 15-24% faster.
     Forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``) of a model traced under
-    it is not available (these are ``jax.custom_vjp``); outside it the models use lax's
-    own rules.
+    it is not available (these are ``jax.custom_vjp``); outside it, and whenever JAX's
+    default backend is not the CPU, the models use lax's own rules.
 
 ``relu_variant(fn)``
     Every ReLU of the model calls ``fn`` instead (guided backprop, Lucid's redirected
@@ -67,6 +67,12 @@ def fast_gradients(enabled: bool = True):
 loop_friendly_gradients = fast_gradients  # its first name: it began with loops
 
 
+def _fast() -> bool:
+    """Whether to trace the variants: inside ``fast_gradients`` and compiling for the CPU
+    (on a GPU, cuDNN's own gradient kernels are the fast ones)."""
+    return _LOOP_FRIENDLY.get() and jax.default_backend() == "cpu"
+
+
 @contextlib.contextmanager
 def relu_variant(fn: Callable | None):
     """Trace the models' ReLUs as ``fn`` (``None``: the plain ReLU)."""
@@ -97,7 +103,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                     feature_group_count=feature_group_count,
                     batch_group_count=batch_group_count, precision=precision,
                     preferred_element_type=preferred_element_type)
-    if not _LOOP_FRIENDLY.get() or lhs.ndim != 4:
+    if not _fast() or lhs.ndim != 4:
         return plain()
     nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
     undilated = all(d == 1 for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
@@ -269,7 +275,7 @@ def max_pool(x, window: tuple[int, int], strides: tuple[int, int],
     """
     window, strides = tuple(int(w) for w in window), tuple(int(s) for s in strides)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-    if not _LOOP_FRIENDLY.get() or x.ndim != 4:
+    if not _fast() or x.ndim != 4:
         return nn.max_pool(x, window, strides=strides, padding=padding)
     return _masked_max_pool(x, window, strides, padding)
 
