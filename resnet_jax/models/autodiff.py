@@ -181,21 +181,33 @@ def _col2im_input_gradient(g, w, spatial):
     RGB): one matrix product to every tap's contribution, then the taps summed into the
     input by phase, as ``_strided_input_gradient`` does. A convolution producing three
     channels uses the machine poorly (ResNet's 7x7 stem: 121 ms through lax's rule)."""
-    (kh, sh, (lo_h, hi_h), n_h, oh), (kw, sw, (lo_w, hi_w), n_w, ow) = spatial
-    batch, c_in = g.shape[0], w.shape[2]
+    (kh, sh, (lo_h, hi_h), n_h, _), (kw, sw, (lo_w, hi_w), n_w, _) = spatial
     cols = jnp.einsum("bhwo,ijco->bhwijc", g, w)
-    hp, wp = n_h + lo_h + hi_h, n_w + lo_w + hi_w
+    parts = ((i, j, cols[:, :, :, i, j]) for i in range(kh) for j in range(kw))
+    dxp = _sum_by_phase(parts, (sh, sw), (n_h + lo_h + hi_h, n_w + lo_w + hi_w))
+    return dxp[:, lo_h:lo_h + n_h, lo_w:lo_w + n_w]
+
+
+def _sum_by_phase(parts, strides, padded_hw):
+    """Sum window-offset contributions into a (padded) input of size ``padded_hw``.
+
+    ``parts`` yields ``(i, j, v)``: v (B, oh, ow, C) is what output (o, p) sends through
+    window offset (i, j) to input (strides[0]*o + i, strides[1]*p + j), i.e. to phase
+    (i % s0, j % s1) at (o + i // s0, p + j // s1). Contributions are summed per phase on
+    the output grid and the phases interleaved: no stride-dilated full-size arrays.
+    Returns (B, s0*ceil(H/s0), s1*ceil(W/s1), C); the caller crops.
+    """
+    (sh, sw), (hp, wp) = strides, padded_hw
     ph, pw = -(-hp // sh), -(-wp // sw)
-    zero = jnp.zeros((), g.dtype)
     phases: dict = {}
-    for i in range(kh):
-        for j in range(kw):
-            (mi, a), (mj, b) = divmod(i, sh), divmod(j, sw)
-            part = lax.pad(cols[:, :, :, i, j], zero,
-                           ((0, 0, 0), (mi, ph - oh - mi, 0), (mj, pw - ow - mj, 0), (0, 0, 0)))
-            phases[a, b] = part if (a, b) not in phases else phases[a, b] + part
-    return _interleave(phases, (sh, sw), (batch, ph, pw, c_in))[
-        :, lo_h:lo_h + n_h, lo_w:lo_w + n_w]
+    for i, j, v in parts:
+        (mi, a), (mj, b) = divmod(i, sh), divmod(j, sw)
+        oh, ow = v.shape[1:3]
+        part = lax.pad(v, jnp.zeros((), v.dtype),
+                       ((0, 0, 0), (mi, ph - oh - mi, 0), (mj, pw - ow - mj, 0), (0, 0, 0)))
+        phases[a, b] = part if (a, b) not in phases else phases[a, b] + part
+    first = next(iter(phases.values()))
+    return _interleave(phases, strides, (first.shape[0], ph, pw, first.shape[3]))
 
 
 def _interleave(phases: dict, strides, shape):
@@ -243,24 +255,19 @@ def _strided_input_gradient(g, w, spatial):
     input sizes divisible by the stride and ungrouped kernels.
     """
     (kh, sh, (lo_h, _), n_h, out_h), (kw, sw, (lo_w, _), n_w, out_w) = spatial
-    batch, c_in = g.shape[0], w.shape[2]
-    rows = []
+    phases = {}
     for a in range(sh):
         taps_h, pad_h = _phase(kh, sh, lo_h, a, out_h, n_h // sh)
-        cols = []
         for b in range(sw):
             taps_w, pad_w = _phase(kw, sw, lo_w, b, out_w, n_w // sw)
             if not taps_h or not taps_w:
-                cols.append(jnp.zeros((batch, n_h // sh, n_w // sw, c_in), g.dtype))
-                continue
+                continue  # no tap reaches this phase: zeros
             sub = w[jnp.asarray(taps_h)][:, jnp.asarray(taps_w)].transpose(0, 1, 3, 2)
             gp = lax.pad(g, jnp.zeros((), g.dtype),
                          ((0, 0, 0), (*pad_h, 0), (*pad_w, 0), (0, 0, 0)))
-            cols.append(lax.conv_general_dilated(gp, sub, (1, 1), "VALID",
-                                                 dimension_numbers=NHWC))
-        # (B, n_h/sh, n_w/sw, sw, C) -> columns interleaved
-        rows.append(jnp.stack(cols, axis=3).reshape(batch, n_h // sh, n_w, c_in))
-    return jnp.stack(rows, axis=2).reshape(batch, n_h, n_w, c_in)
+            phases[a, b] = lax.conv_general_dilated(gp, sub, (1, 1), "VALID",
+                                                    dimension_numbers=NHWC)
+    return _interleave(phases, (sh, sw), (g.shape[0], n_h // sh, n_w // sw, w.shape[2]))
 
 
 def max_pool(x, window: tuple[int, int], strides: tuple[int, int],
@@ -307,30 +314,24 @@ def _masked_max_pool(x, window, strides, padding):
 
 
 def _masked_max_pool_fwd(x, window, strides, padding):
-    return _masked_max_pool(x, window, strides, padding), x
+    y = _masked_max_pool(x, window, strides, padding)
+    return y, (x, y)
 
 
-def _masked_max_pool_bwd(window, strides, padding, x, g):
+def _masked_max_pool_bwd(window, strides, padding, residuals, g):
+    x, y = residuals
     (lo_h, hi_h), (lo_w, hi_w) = padding
     xp = jnp.pad(x, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0)), constant_values=-jnp.inf)
     (hp, wp), out_hw = _pool_geometry(x, window, strides, padding)
-    (oh, ow), (sh, sw) = out_hw, strides
-    y = _masked_max_pool(x, window, strides, padding)
-    # Window offset (i, j) sends output (o, p) to padded input (sh*o + i, sw*p + j): phase
-    # (i % sh, j % sw), at (o + i // sh, p + j // sw) within the phase. Sum per phase on
-    # the output grid, then interleave the phases (no stride-dilated full-size arrays).
-    ph, pw = -(-hp // sh), -(-wp // sw)
-    phases: dict = {}
-    taken = jnp.zeros(g.shape, bool)
-    zero = jnp.zeros((), g.dtype)
-    for i, j, sl in _pool_slices(xp, window, strides, out_hw):
-        hit = (sl == y) & ~taken
-        taken = taken | hit
-        (mi, a), (mj, b) = divmod(i, sh), divmod(j, sw)
-        part = lax.pad(jnp.where(hit, g, zero), zero,
-                       ((0, 0, 0), (mi, ph - oh - mi, 0), (mj, pw - ow - mj, 0), (0, 0, 0)))
-        phases[a, b] = part if (a, b) not in phases else phases[a, b] + part
-    dxp = _interleave(phases, strides, (g.shape[0], ph, pw, g.shape[3]))
+
+    def parts():
+        taken = jnp.zeros(g.shape, bool)
+        for i, j, sl in _pool_slices(xp, window, strides, out_hw):
+            hit = (sl == y) & ~taken  # the first maximum of each window takes it
+            taken = taken | hit
+            yield i, j, jnp.where(hit, g, jnp.zeros((), g.dtype))
+
+    dxp = _sum_by_phase(parts(), strides, (hp, wp))
     return (dxp[:, lo_h:hp - hi_h, lo_w:wp - hi_w],)
 
 

@@ -118,10 +118,9 @@ class CachedStep:
             raise TypeError("the train step returned a state of another structure")
         return new_leaves, metrics
 
-    def _exported(self, leaves, batch):
+    def _exported(self, state, leaves, batch):
         folder = directory()
-        key = step_key({**self._parts, "compiler_options": self._options},
-                       jax.tree_util.tree_unflatten(self._treedef, leaves), batch) \
+        key = step_key({**self._parts, "compiler_options": self._options}, state, batch) \
             if folder is not None else None
         path = None if key is None else folder / f"train_step-{key[:40]}.jax"
         if path is not None and path.is_file():
@@ -147,7 +146,7 @@ class CachedStep:
         leaves, treedef = jax.tree_util.tree_flatten(state)
         if self._call is None:
             self._treedef = treedef
-            exported = self._exported(leaves, batch)
+            exported = self._exported(state, leaves, batch)
             self._call = jax.jit(exported.call, donate_argnums=0,
                                  compiler_options=self._options or None)
         elif treedef != self._treedef:
