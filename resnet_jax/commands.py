@@ -50,6 +50,7 @@ def run_predict(args) -> int:
 
     from . import imagenet
     from .checkpoint import load, load_config
+    from .models.layers import inference_jit
 
     model, variables = load(args.weights)
     config = load_config(args.weights)
@@ -62,7 +63,7 @@ def run_predict(args) -> int:
             f"{args.weights} takes {model.in_channels}-channel input"
         )
     batch = np.stack([imagenet.preprocess(imagenet.load_image(p)) for p in args.images])
-    logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, batch)
+    logits = inference_jit(lambda v, x: model.apply(v, x, train=False))(variables, batch)
     probs = np.asarray(jax.nn.softmax(logits.astype("float32"), axis=-1))
     k = min(args.top, probs.shape[-1])
     for path, p in zip(args.images, probs):

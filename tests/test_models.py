@@ -262,3 +262,31 @@ def test_loop_friendly_gradients_in_a_scan_are_canonical_and_equal():
     for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(np.asarray(g[1]), np.asarray(r), rtol=2e-5,
                                    atol=2e-5 * float(np.abs(np.asarray(r)).max()))
+
+
+def test_inference_jit_compiles_top_level_programs_with_its_options_and_nests():
+    from resnet_jax.models.layers import inference_compiler_options, inference_jit
+
+    model = resnet_jax.create_model("resnet18", num_classes=10)
+    variables = resnet_jax.init_variables(model, 0, 64)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)), jnp.float32)
+
+    def fwd(v, x):
+        return model.apply(v, x, train=False)
+
+    program = inference_jit(fwd)
+    want = jax.jit(fwd)(variables, x)
+    np.testing.assert_allclose(program(variables, x), want, rtol=1e-5, atol=1e-5)
+    # Inside another trace it is a plain jit (JAX refuses compiler options there).
+    np.testing.assert_allclose(jax.jit(lambda v, x: program(v, x) * 2)(variables, x), want * 2,
+                               rtol=1e-5, atol=1e-5)
+    assert "conv_general_dilated" in str(jax.make_jaxpr(program)(variables, x))
+    options = inference_compiler_options()
+    if jax.default_backend() != "cpu":
+        assert options == {}
+        return
+    assert options.get("xla_cpu_experimental_ynn_fusion_type", "") == ""
+    plain_hlo = jax.jit(fwd).lower(variables, x).compile().as_text()
+    if "__ynn_fusion" not in plain_hlo:
+        pytest.skip("this jaxlib forms no YNNPACK fusions for ResNet-18")
+    assert "__ynn_fusion" not in program.lower(variables, x).compile().as_text()

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..models import layers
 from ..models.autodiff import fast_gradients
 from . import base
 from .methods import get_method
@@ -54,7 +55,7 @@ def compiled(model, method_name: str, layer: str | None, options: tuple = ()):
                                              key=key, **opts)
         return logits, t, maps
 
-    return jax.jit(run)
+    return layers.inference_jit(run)
 
 
 def explain(model, variables, images, targets=None, layer: str | None = "layer4",

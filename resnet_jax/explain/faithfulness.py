@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..models.layers import inference_jit
 from . import base
 
 
@@ -46,7 +47,7 @@ def _curve(model, variables, images, maps, targets, steps, baseline, insert):
     fractions = jnp.linspace(0.0, 1.0, steps + 1)
     probs = _probs_fn(model, variables)
 
-    @jax.jit
+    @inference_jit
     def run(x, base_img, ranks, t):
         def one(f):
             chosen = (ranks < jnp.round(f * h * w))[..., None]

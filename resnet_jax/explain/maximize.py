@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from ..errors import ResNetJaxError
+from ..models import layers
 from ..models.autodiff import loop_friendly_gradients
 from . import base
 from .objectives import Objective
@@ -149,7 +150,7 @@ def make_maximizer(model, objective: Objective, steps: int = 256, *, batch: int 
             values = jnp.concatenate(history) if history else jnp.zeros((0, b))
             return p.image(carry[0], hw), values
 
-        return jax.jit(run)
+        return layers.inference_jit(run)
 
     # Chunked: each call runs ``chunk`` steps unrolled (no XLA while loop inside), the
     # carry stays on the device between calls.
@@ -159,7 +160,7 @@ def make_maximizer(model, objective: Objective, steps: int = 256, *, batch: int 
 
     def program(n, redirected):
         if (n, redirected) not in programs:
-            programs[n, redirected] = jax.jit(
+            programs[n, redirected] = layers.inference_jit(
                 lambda c, v, k, first: segment(c, v, k, first, n, redirected, unroll=True))
         return programs[n, redirected]
 

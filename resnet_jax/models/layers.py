@@ -42,6 +42,15 @@ _TRAIN_OPTION = ("xla_cpu_experimental_onednn_fusion_type",
                  "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION")
 
 
+# Per program: inference-type programs (a forward pass, or a forward pass and input
+# gradients) run without YNNPACK fusions. Left on, YNNPACK's reduction fusion grows from
+# the global average pool backwards over ResNet-18's layer3 and layer4 (convolutions,
+# BatchNorm, ReLU) into one YNNPACK subgraph that ran slower than the same layers on
+# XLA's own kernels (benchmarks/NOTES.md, 10a). Training steps keep YNNPACK: their
+# BatchNorm statistics and bias gradients are reductions it runs well.
+_INFERENCE_OPTION = ("xla_cpu_experimental_ynn_fusion_type", "")
+
+
 def _opted_out() -> bool:
     return os.environ.get("RESNET_JAX_XLA_FLAGS", "1").lower() in ("0", "off", "false", "no")
 
@@ -53,6 +62,39 @@ def train_compiler_options() -> dict[str, str]:
     if _opted_out() or jax.default_backend() != "cpu" or name in os.environ.get("XLA_FLAGS", ""):
         return {}
     return {name: value} if _jaxlib_knows(name) else {}
+
+
+def inference_compiler_options() -> dict[str, str]:
+    """XLA options for ``jax.jit(program, compiler_options=...)`` of inference-type
+    programs (evaluation, prediction, Grad-CAM, activation maximisation): empty unless the
+    default backend is the CPU (and ``RESNET_JAX_XLA_FLAGS=0`` is not set)."""
+    name, value = _INFERENCE_OPTION
+    if _opted_out() or jax.default_backend() != "cpu" or name in _USER_XLA_FLAGS:
+        return {}
+    return {name: value} if _jaxlib_knows(name) else {}
+
+
+def inference_jit(fn, **jit_kwargs):
+    """``jax.jit(fn)`` compiled with ``inference_compiler_options()`` when called on arrays.
+
+    JAX takes compiler options only on a top-level jit, so called inside another trace
+    (``jax.jit``, ``jax.make_jaxpr``, ``jax.vmap`` of the caller's) it is a plain
+    ``jax.jit``.
+    """
+    plain = jax.jit(fn, **jit_kwargs)
+    options = inference_compiler_options()
+    if not options:
+        return plain
+    top = jax.jit(fn, compiler_options=options, **jit_kwargs)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        traced = any(isinstance(leaf, jax.core.Tracer)
+                     for leaf in jax.tree_util.tree_leaves((args, kwargs)))
+        return (plain if traced else top)(*args, **kwargs)
+
+    call.lower = top.lower
+    return call
 
 
 def configure_xla_cpu(flags=CPU_XLA_FLAGS) -> bool:
@@ -98,6 +140,8 @@ def _jaxlib_knows(flag: str) -> bool:
     return False
 
 
+# XLA_FLAGS as the user set them, before configure_xla_cpu added this project's flags.
+_USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
 configure_xla_cpu()
 
 

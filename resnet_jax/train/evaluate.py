@@ -16,10 +16,9 @@ def evaluate_checkpoint(checkpoint, dataset: str | None = None, split: str = "te
     """
     import dataclasses
 
-    import jax
-
     from ..checkpoint import load, load_config, resolve
     from ..data import Loader, Preprocess, load_splits
+    from ..models.layers import inference_jit
     from ..viz.curves import plot_confusion_matrix
     from . import sharding as shd
     from .loop import evaluate
@@ -57,7 +56,7 @@ def evaluate_checkpoint(checkpoint, dataset: str | None = None, split: str = "te
                        batch_stats=variables.get("batch_stats", {}), opt_state=None,
                        apply_fn=model.apply, tx=None)
     state = shd.replicate(state, mesh)
-    eval_step = jax.jit(make_eval_step(pre.mean, pre.std, num_classes))
+    eval_step = inference_jit(make_eval_step(pre.mean, pre.std, num_classes))
     result = evaluate(state, loader, eval_step, mesh)
     matrix = result.per_class(num_classes)
     names = config.get("class_names") or data.class_names
