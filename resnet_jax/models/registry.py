@@ -175,7 +175,7 @@ def init_variables(model: nn.Module, rng: int | jax.Array = 0, image_size=None) 
         value, like = draws[i](keys[i]), leaves[i]
         # Placed as the program's own output was: committed only if it was (an uncommitted
         # array can still go to a mesh of several hosts).
-        return i, jax.device_put(value, like.sharding) if like.committed else jnp.asarray(value)
+        return i, jax.device_put(value, like.sharding if like.committed else None)
 
     # numpy's generators release the GIL while they fill an array: draw on every core.
     with ThreadPoolExecutor(max_workers=min(len(draws), os.cpu_count() or 1) or 1) as pool:

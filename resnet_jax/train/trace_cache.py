@@ -19,6 +19,7 @@ cache off; an unreadable entry is ignored and written again.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -125,31 +126,60 @@ class CachedStep:
         path = None if key is None else folder / f"train_step-{key[:40]}.jax"
         if path is not None and path.is_file():
             try:
-                exported = jax.export.deserialize(bytearray(path.read_bytes()))
+                data = path.read_bytes()
+                exported = jax.export.deserialize(bytearray(data))
                 self.source = "cache"
-                return exported
+                return exported, data
             except Exception as e:  # a damaged entry: trace again and replace it
                 log.warning("ignoring unreadable traced step %s: %s", path, e)
         exported = jax.export.export(jax.jit(self._flat_step))(leaves, batch)
         self.source = "traced"
+        data = None
         if path is not None:
+            data = exported.serialize()
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-                tmp.write_bytes(exported.serialize())
+                tmp.write_bytes(data)
                 os.replace(tmp, path)
             except OSError as e:  # a read-only cache folder costs only the next start
                 log.warning("could not keep the traced step in %s: %s", folder, e)
-        return exported
+        return exported, data
 
     def __call__(self, state, batch):
         leaves, treedef = jax.tree_util.tree_flatten(state)
         if self._call is None:
             self._treedef = treedef
-            exported = self._exported(state, leaves, batch)
+            exported, data = self._exported(state, leaves, batch)
             self._call = jax.jit(exported.call, donate_argnums=0,
                                  compiler_options=self._options or None)
+            # The first call lowers the program; LAPACK's set-up is needed only by a
+            # program that calls it (its custom-call targets are named in the bytes).
+            with _lowering_without_lapack_setup(data is None or b"lapack" in data):
+                new_leaves, metrics = self._call(leaves, batch)
         elif treedef != self._treedef:
             raise TypeError("the train step was built for a state of another structure")
-        new_leaves, metrics = self._call(leaves, batch)
+        else:
+            new_leaves, metrics = self._call(leaves, batch)
         return jax.tree_util.tree_unflatten(treedef, new_leaves), metrics
+
+
+@contextlib.contextmanager
+def _lowering_without_lapack_setup(needs_lapack: bool):
+    """Lowering an exported program, jax sets up LAPACK's handlers for any CPU program,
+    which imports scipy.linalg: 0.2 s of a ~2 s warm start of the default run
+    (benchmarks/NOTES.md, 10b). A step that calls no LAPACK routine skips it."""
+    try:
+        from jax._src.export import _export
+
+        setup = _export._ensure_backends_initialized
+    except (ImportError, AttributeError):  # pragma: no cover - jax moved it
+        setup = None
+    if needs_lapack or setup is None:
+        yield
+        return
+    _export._ensure_backends_initialized = lambda platforms: None
+    try:
+        yield
+    finally:
+        _export._ensure_backends_initialized = setup
