@@ -132,6 +132,21 @@ def _canonical_fwd(x, w, strides, pads, groups):
     return _conv(x, w, strides, pads, groups), (x, w)
 
 
+def _on_stored(fn, x):
+    """``fn(x)`` for a reordering ``fn`` (a transpose, a strided slice), run on ``x`` as
+    stored rather than fused with the ops that produce it.
+
+    XLA:CPU fuses the elementwise ops that produce ``x`` (BatchNorm, ReLU, a residual
+    add) into a transpose and then reads their inputs in the transposed order, 6x slower
+    than its own transpose of a stored array (32x56x56x64: 40 ms against 7). Its CPU
+    pipeline drops ``optimization_barrier``; a conditional is a boundary it keeps. Both
+    branches are ``fn``, so the predicate (true unless the element is NaN) never changes
+    the result.
+    """
+    first = x[(0,) * x.ndim]
+    return lax.cond(first == first, fn, fn, x)
+
+
 def _canonical_bwd(strides, pads, groups, residuals, g):
     x, w = residuals
     kh, kw, in_per_group, out = w.shape
@@ -162,7 +177,10 @@ def _canonical_bwd(strides, pads, groups, residuals, g):
         # features are the images and whose window is the (stride-dilated) output.
         dw_pads = [(lo, k + (n_out - 1) * s - n_in - lo)
                    for k, s, (lo, _), n_in, n_out in spatial]
-        dw = lax.conv_general_dilated(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3),
+        # Both operands reordered as stored (see _on_stored): 2.7 -> 2.4 s for a resnet18 step.
+        xt = _on_stored(lambda v: v.transpose(3, 1, 2, 0), x)
+        gt = _on_stored(lambda v: v.transpose(1, 2, 0, 3), g)
+        dw = lax.conv_general_dilated(xt, gt,
                                       (1, 1), dw_pads, rhs_dilation=strides,
                                       dimension_numbers=NHWC).transpose(1, 2, 0, 3)
     else:
@@ -227,8 +245,12 @@ def _pointwise_strided_kernel_gradient(x, g, strides, pads):
     per-phase split of larger strided kernels measured slower than the dilated form
     (3x3: 45 -> 68 ms), so those keep it."""
     (sh, sw), (oh, ow) = strides, g.shape[1:3]
-    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    sl = xp[:, : sh * (oh - 1) + 1 : sh, : sw * (ow - 1) + 1 : sw]
+
+    def strided(v):
+        v = jnp.pad(v, ((0, 0), *pads, (0, 0)))
+        return v[:, : sh * (oh - 1) + 1 : sh, : sw * (ow - 1) + 1 : sw]
+
+    sl = _on_stored(strided, x)
     return jnp.einsum("bhwc,bhwo->co", sl, g)[None, None]
 
 
