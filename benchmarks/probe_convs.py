@@ -1,6 +1,6 @@
 """Per-convolution times of ResNet-18's shapes at batch 32, in ms: forward, input gradient
 (dx) and kernel gradient (dw), JAX (the models' convolution with the train step's gradient
-rules and compiler options) against torch's
+rules) against torch's
 ``aten.convolution_backward`` in the same process. Prefix ``XLA_FLAGS=...`` to try other
 XLA convolution back ends (benchmarks/NOTES.md, 8a and 8c).
 
@@ -41,7 +41,6 @@ def jax_times(hw, ci, co, k, s, p) -> list[float]:
     import jax.numpy as jnp
 
     from resnet_jax.models import autodiff
-    from resnet_jax.models.layers import train_compiler_options
 
     def conv(x, w):  # the models' convolution, with the train step's gradient rules
         with autodiff.fast_gradients():
@@ -51,10 +50,9 @@ def jax_times(hw, ci, co, k, s, p) -> list[float]:
     x = jax.random.normal(jax.random.key(0), (BATCH, hw, hw, ci))
     w = jax.random.normal(jax.random.key(1), (k, k, ci, co)) * 0.05
     g = jnp.ones_like(conv(x, w))
-    opts = train_compiler_options()  # as the train step is compiled
-    fwd = jax.jit(conv, compiler_options=opts)
-    dx = jax.jit(lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0], compiler_options=opts)
-    dw = jax.jit(lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0], compiler_options=opts)
+    fwd = jax.jit(conv)
+    dx = jax.jit(lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0])
+    dw = jax.jit(lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0])
     return [best_ms(lambda: fwd(x, w).block_until_ready()),
             best_ms(lambda: dx(x, w, g).block_until_ready()),
             best_ms(lambda: dw(x, w, g).block_until_ready())]

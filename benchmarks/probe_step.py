@@ -4,8 +4,7 @@ For A/B comparisons of XLA options across processes, where a same-process rotati
 torch would mix in the two libraries' interference (benchmarks/NOTES.md, 8c):
 
     python benchmarks/probe_step.py                      # resnet_jax's settings
-    RESNET_JAX_XLA_FLAGS=0 XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution \\
-        python benchmarks/probe_step.py                  # without the train step's oneDNN option
+    RESNET_JAX_XLA_FLAGS=0 python benchmarks/probe_step.py   # XLA's defaults
 """
 
 from __future__ import annotations

@@ -155,9 +155,9 @@ def render(info: dict, res: dict, args) -> str:
          f"- jax {info['jax']} (jaxlib {info['jaxlib']}), flax {info['flax']}, optax {info['optax']}, "
          f"torch {info['torch']}, torchvision {info['torchvision']}, Python {info['python']}",
          f"- date: {info['date']}; load average at start: {info['load']}",
-         f"- XLA_FLAGS set by resnet_jax: `{res.get('_xla_flags', '')}`; the train steps are "
-         "also compiled with `resnet_jax.models.layers.train_compiler_options()` (oneDNN "
-         "convolutions)", ""]
+         f"- XLA_FLAGS set by resnet_jax: `{res.get('_xla_flags', '')}`; inference programs "
+         "are also compiled with `resnet_jax.models.layers.inference_compiler_options()` "
+         "(no YNNPACK fusions)", ""]
     models = [r for k, r in res.items() if k.startswith(("train", "infer"))]
     if models:
         L += ["## Train and inference steps", "",

@@ -37,7 +37,6 @@ def jax_train_step(arch: str, batch: int, size: int, dtype=None, block: bool = T
     import jax.numpy as jnp
 
     from resnet_jax import create_model, init_variables
-    from resnet_jax.models.layers import train_compiler_options
     from resnet_jax.train.state import OptimizerConfig, TrainState, make_optimizer
     from resnet_jax.train.step import make_train_step
 
@@ -48,7 +47,7 @@ def jax_train_step(arch: str, batch: int, size: int, dtype=None, block: bool = T
                                         weight_decay=0.0, total_steps=10**6))
     state = TrainState.create(model.apply, variables, tx)
     step = jax.jit(make_train_step(IMAGENET_MEAN, IMAGENET_STD, model.num_classes),
-                   donate_argnums=0, compiler_options=train_compiler_options())
+                   donate_argnums=0)
     images, labels = batch_arrays(batch, size, model.num_classes)
     data = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
     t0 = time.perf_counter()

@@ -105,15 +105,15 @@ def test_bfloat16_compute_keeps_float32_parameters_and_statistics(rng):
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 def test_train_mode_gradients_match_torchvision(arch):
-    """Weight gradients of a train-mode cross-entropy loss, compiled as the train step is
-    compiled (its XLA options included), against torchvision's in float64.
+    """Weight gradients of a train-mode cross-entropy loss, traced with the train step's
+    gradient rules (``fast_gradients``), against torchvision's in float64.
 
     With random weights some gradients are ill-conditioned (sums that nearly cancel):
     torchvision's own float32 gradients are up to ~1e-2 from its float64 ones for a few
     BatchNorm biases. So the bound is relative to torchvision's float32 error: over all
     gradients together at most twice it (or 1e-5), and for each tensor at most five
     times it (or 1e-4), which a wrongly mapped or wrongly computed tensor (error ~1) fails."""
-    from resnet_jax.models.layers import train_compiler_options
+    from resnet_jax.models.autodiff import fast_gradients
     from resnet_jax.port import to_torch
 
     rng = np.random.default_rng(0)  # fixed: how well conditioned a draw is varies
@@ -125,12 +125,13 @@ def test_train_mode_gradients_match_torchvision(arch):
     labels = rng.integers(0, 1000, 4)
 
     def loss(params):
-        logits, _ = model.apply({**variables, "params": params}, x, train=True,
-                                mutable=["batch_stats"])
+        with fast_gradients():  # as make_train_step traces the step
+            logits, _ = model.apply({**variables, "params": params}, x, train=True,
+                                    mutable=["batch_stats"])
         logp = jax.nn.log_softmax(logits)
         return -np.float32(1 / len(labels)) * logp[np.arange(len(labels)), labels].sum()
 
-    grads = jax.jit(jax.grad(loss), compiler_options=train_compiler_options())(variables["params"])
+    grads = jax.jit(jax.grad(loss))(variables["params"])
     ours = to_torch({**variables, "params": grads}, model)
 
     def torch_grads(dtype):

@@ -34,14 +34,6 @@ Dtype = Any
 # so this must run before the first computation; importing resnet_jax does it.
 CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
 
-# Per program: training steps run their convolutions with oneDNN. Measured on a quiet
-# machine (benchmarks/NOTES.md), oneDNN made a ResNet-18 train step 12% faster than the
-# Eigen kernels but inference 8% slower, so it is a compiler option of the train step's
-# compilation rather than a process-wide flag.
-_TRAIN_OPTION = ("xla_cpu_experimental_onednn_fusion_type",
-                 "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION")
-
-
 # Per program: inference-type programs (a forward pass, or a forward pass and input
 # gradients) run without YNNPACK fusions. Left on, YNNPACK's reduction fusion grows from
 # the global average pool backwards over ResNet-18's layer3 and layer4 (convolutions,
@@ -53,15 +45,6 @@ _INFERENCE_OPTION = ("xla_cpu_experimental_ynn_fusion_type", "")
 
 def _opted_out() -> bool:
     return os.environ.get("RESNET_JAX_XLA_FLAGS", "1").lower() in ("0", "off", "false", "no")
-
-
-def train_compiler_options() -> dict[str, str]:
-    """XLA options for ``jax.jit(train_step, compiler_options=...)``: empty unless the
-    default backend is the CPU (and ``RESNET_JAX_XLA_FLAGS=0`` is not set)."""
-    name, value = _TRAIN_OPTION
-    if _opted_out() or jax.default_backend() != "cpu" or name in os.environ.get("XLA_FLAGS", ""):
-        return {}
-    return {name: value} if _jaxlib_knows(name) else {}
 
 
 def inference_compiler_options() -> dict[str, str]:

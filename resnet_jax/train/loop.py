@@ -19,7 +19,7 @@ import numpy as np
 from ..data import Loader, Preprocess, load_splits
 from ..errors import ResNetJaxError
 from ..models import create_model, init_variables, model_from_config
-from ..models.layers import inference_jit, train_compiler_options
+from ..models.layers import inference_jit
 from . import sharding as shd
 from . import trace_cache
 from .checkpoints import RunCheckpoints, abstract
@@ -200,12 +200,10 @@ def _jit_steps(model, pre: Preprocess, num_classes: int, label_smoothing: float,
         parts = {"model": model, "optimizer": opt_cfg, "mean": tuple(pre.mean),
                  "std": tuple(pre.std), "num_classes": num_classes,
                  "label_smoothing": label_smoothing}
-        train_step = trace_cache.CachedStep(step, parts,
-                                            compiler_options=train_compiler_options())
+        train_step = trace_cache.CachedStep(step, parts)
     else:
         rep = shd.replicated(mesh)
-        train_step = jax.jit(step, donate_argnums=0, out_shardings=(rep, rep),
-                             compiler_options=train_compiler_options())
+        train_step = jax.jit(step, donate_argnums=0, out_shardings=(rep, rep))
     eval_step = inference_jit(make_eval_step(pre.mean, pre.std, num_classes))
     return train_step, eval_step
 
