@@ -143,6 +143,8 @@ def _on_stored(fn, x):
     branches are ``fn``, so the predicate (true unless the element is NaN) never changes
     the result.
     """
+    if x.size == 0:
+        return fn(x)
     first = x[(0,) * x.ndim]
     return lax.cond(first == first, fn, fn, x)
 
