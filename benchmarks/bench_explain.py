@@ -219,8 +219,7 @@ def main(argv=None):
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        sys.path.insert(0, str(ROOT))  # run as a script: the benchmarks package by path
-        from benchmarks import write_section
+        from benchmarks import write_section  # ROOT is on sys.path (top of this file)
 
         write_section(args.out, "Explain", text)
         print(f"wrote section 'Explain' of {args.out}")

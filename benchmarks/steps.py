@@ -84,7 +84,7 @@ def jax_infer(arch: str, batch: int, size: int, dtype=None, block: bool = True):
     import jax.numpy as jnp
 
     from resnet_jax import create_model, init_variables
-    from resnet_jax.models.layers import inference_compiler_options
+    from resnet_jax.models.layers import inference_jit
     from resnet_jax.train.step import normalize
 
     kw = {} if dtype is None else {"dtype": jnp.dtype(dtype)}
@@ -97,8 +97,7 @@ def jax_infer(arch: str, batch: int, size: int, dtype=None, block: bool = True):
     images, _ = batch_arrays(batch, size, model.num_classes)
     images = jnp.asarray(images)
     t0 = time.perf_counter()
-    compiled = jax.jit(infer, compiler_options=inference_compiler_options() or None).lower(
-        variables, images).compile()
+    compiled = inference_jit(infer).lower(variables, images).compile()
     compile_s = time.perf_counter() - t0
 
     last = []

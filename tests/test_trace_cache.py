@@ -141,19 +141,12 @@ def test_init_draws_the_numbers_the_host_initialisers_give(arch):
 
 _SUBPROCESS_STEP = r"""
 import sys
-import jax, jax.numpy as jnp, numpy as np
-from resnet_jax import create_model, init_variables
+sys.path.insert(0, sys.argv[3])  # this test file's folder: its _setup
+import jax.numpy as jnp
+from test_trace_cache import _setup
 from resnet_jax.train import trace_cache
-from resnet_jax.train.state import OptimizerConfig, TrainState, make_optimizer
-from resnet_jax.train.step import make_train_step
 trace_cache.enable(sys.argv[1])
-model = create_model("my_resnet", num_classes=4, stage_widths=(8, 16))
-opt = OptimizerConfig(lr=0.1, total_steps=10)
-state = TrainState.create(model.apply, init_variables(model, 0, 16), make_optimizer(opt))
-rng = np.random.default_rng(1)
-batch = {"image": jnp.asarray(rng.integers(0, 256, (8, 16, 16, 3), np.uint8)),
-         "label": jnp.asarray(rng.integers(0, 4, (8,), np.int32))}
-train_step = make_train_step((0.5,) * 3, (0.25,) * 3, 4)
+state, batch, train_step, parts = _setup()
 
 def step(state, batch):
     state, metrics = train_step(state, batch)
@@ -161,7 +154,7 @@ def step(state, batch):
         metrics["solved"] = jnp.linalg.solve(jnp.eye(3) * 2.0, jnp.arange(3.0)).sum()
     return state, metrics
 
-stepper = trace_cache.CachedStep(step, {"model": model, "optimizer": opt, "what": sys.argv[2]})
+stepper = trace_cache.CachedStep(step, {**parts, "what": sys.argv[2]})
 state, metrics = stepper(state, batch)
 print(stepper.source, float(metrics["loss"]), float(metrics.get("solved", 1.5)),
       "scipy.linalg" in sys.modules)
@@ -175,12 +168,14 @@ def test_a_cached_step_sets_up_lapack_only_when_it_calls_it(tmp_path, kind):
     does still runs from the cache."""
     import subprocess
     import sys
+    from pathlib import Path
 
     if jax.default_backend() != "cpu":
         pytest.skip("LAPACK's set-up concerns the CPU backend")
     script = tmp_path / "step.py"
     script.write_text(_SUBPROCESS_STEP)
-    runs = [subprocess.run([sys.executable, str(script), str(tmp_path / "traces"), kind],
+    here = str(Path(__file__).resolve().parent)
+    runs = [subprocess.run([sys.executable, str(script), str(tmp_path / "traces"), kind, here],
                            capture_output=True, text=True, timeout=300) for _ in range(2)]
     outs = [r.stdout.split() for r in runs]
     assert all(r.returncode == 0 for r in runs), [r.stderr[-2000:] for r in runs]

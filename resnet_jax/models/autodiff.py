@@ -157,16 +157,16 @@ def _canonical_bwd(strides, pads, groups, residuals, g):
     # Input gradient: the transposed convolution. The kernel is flipped and its in/out
     # axes swapped within each group, so the convolution stays HWIO; the output gradient
     # is dilated by the stride and padded so that the result has the input's size.
-    w_t = (w[::-1, ::-1]
-           .reshape(kh, kw, in_per_group, groups, out // groups)
-           .transpose(0, 1, 4, 3, 2)
-           .reshape(kh, kw, out // groups, groups * in_per_group))
     if groups == 1 and any(st > 1 for st in strides) and in_per_group <= 4:
         dx = _col2im_input_gradient(g, w, spatial)
     elif groups == 1 and any(st > 1 for st in strides) and all(
             n_in % st == 0 for (_, st, _, n_in, _) in spatial):
         dx = _strided_input_gradient(g, w, spatial)
     else:
+        w_t = (w[::-1, ::-1]
+               .reshape(kh, kw, in_per_group, groups, out // groups)
+               .transpose(0, 1, 4, 3, 2)
+               .reshape(kh, kw, out // groups, groups * in_per_group))
         dx_pads = [(k - 1 - lo, n_in - 1 - (n_out - 1) * s + lo)
                    for k, s, (lo, _), n_in, n_out in spatial]
         dx = lax.conv_general_dilated(g, w_t, (1, 1), dx_pads, lhs_dilation=strides,
@@ -179,7 +179,8 @@ def _canonical_bwd(strides, pads, groups, residuals, g):
         # features are the images and whose window is the (stride-dilated) output.
         dw_pads = [(lo, k + (n_out - 1) * s - n_in - lo)
                    for k, s, (lo, _), n_in, n_out in spatial]
-        # Both operands reordered as stored (see _on_stored): 2.7 -> 2.4 s for a resnet18 step.
+        # Both operands reordered as stored (see _on_stored): a resnet18 train step ran
+        # 11-13% more images/s (benchmarks/NOTES.md, 10c).
         xt = _on_stored(lambda v: v.transpose(3, 1, 2, 0), x)
         gt = _on_stored(lambda v: v.transpose(1, 2, 0, 3), g)
         dw = lax.conv_general_dilated(xt, gt,

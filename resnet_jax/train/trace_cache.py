@@ -157,10 +157,10 @@ class CachedStep:
             # program that calls it (its custom-call targets are named in the bytes).
             with _lowering_without_lapack_setup(data is None or b"lapack" in data):
                 new_leaves, metrics = self._call(leaves, batch)
-        elif treedef != self._treedef:
+            return jax.tree_util.tree_unflatten(treedef, new_leaves), metrics
+        if treedef != self._treedef:
             raise TypeError("the train step was built for a state of another structure")
-        else:
-            new_leaves, metrics = self._call(leaves, batch)
+        new_leaves, metrics = self._call(leaves, batch)
         return jax.tree_util.tree_unflatten(treedef, new_leaves), metrics
 
 
