@@ -297,19 +297,53 @@ def _strided_input_gradient(g, w, spatial):
 
 def max_pool(x, window: tuple[int, int], strides: tuple[int, int],
              padding: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))):
-    """``flax.linen.max_pool`` on NHWC, with a faster gradient under ``fast_gradients``.
+    """``flax.linen.max_pool`` on NHWC, with a faster gradient under ``fast_gradients``
+    and, always, for ResNet's stem pool (``_pairs_geometry``).
 
     The gradient of ``lax.reduce_window`` max is XLA's select-and-scatter, which XLA:CPU
     runs as a slow loop (ResNet's 3x3 stride-2 pool on a 16x112x112x64 batch: 239 ms
     against 18 ms forward). The variant takes the maximum of the window's strided
-    slices and routes the gradient with masks, to the first maximum of each window in
-    row-major order, as select-and-scatter and torch do.
+    slices (or ``_pool_by_pairs``) and routes the gradient with masks, to the first
+    maximum of each window in row-major order, as select-and-scatter and torch do.
     """
     window, strides = tuple(int(w) for w in window), tuple(int(s) for s in strides)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-    if not _fast() or x.ndim != 4:
+    if x.ndim != 4 or not (_fast() or _pairs_geometry(x, window, strides, padding)):
         return nn.max_pool(x, window, strides=strides, padding=padding)
     return _masked_max_pool(x, window, strides, padding)
+
+
+def _pairs_geometry(x, window, strides, padding) -> bool:
+    """ResNet's stem pool (3x3, stride 2, one row and column of padding before) on even
+    sizes, which ``_pool_by_pairs`` computes."""
+    return (window == (3, 3) and strides == (2, 2) and padding[0][0] == padding[1][0] == 1
+            and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0
+            and _pool_geometry(x, window, strides, padding)[1] == (x.shape[1] // 2,
+                                                                    x.shape[2] // 2))
+
+
+def _pool_by_pairs(x):
+    """3x3 stride-2 max-pool with one row and column of -inf padding before, on even sizes.
+
+    Output (q, r) is the maximum over rows 2q-1, 2q, 2q+1 and the same columns. Reshaping
+    rows into (even, odd) pairs gives rows 2q and 2q+1 as plain slices and row 2q-1 as the
+    previous pair's odd row, so XLA fuses the whole pool with the ops that produce ``x``
+    (BatchNorm, ReLU): 90 -> 36 ms for the stem's BatchNorm, ReLU and pool on a
+    32x112x112x64 batch, where ``reduce_window`` or strided slices read a stored input.
+    The values are the same maxima.
+    """
+    def pairs(v, axis):
+        shape = v.shape
+        v = v.reshape(*shape[:axis], shape[axis] // 2, 2, *shape[axis + 1:])
+        even = lax.index_in_dim(v, 0, axis + 1, keepdims=False)
+        odd = lax.index_in_dim(v, 1, axis + 1, keepdims=False)
+        pad = [(0, 0)] * odd.ndim
+        pad[axis] = (1, 0)
+        before = jnp.pad(lax.slice_in_dim(odd, 0, odd.shape[axis] - 1, axis=axis), pad,
+                         constant_values=-jnp.inf)
+        return jnp.maximum(jnp.maximum(even, odd), before)
+
+    return pairs(pairs(x, 1), 2)
 
 
 def _pool_slices(xp, window, strides, out_hw):
@@ -329,6 +363,8 @@ def _pool_geometry(x, window, strides, padding):
 
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _masked_max_pool(x, window, strides, padding):
+    if _pairs_geometry(x, window, strides, padding):
+        return _pool_by_pairs(x)
     (lo_h, hi_h), (lo_w, hi_w) = padding
     xp = jnp.pad(x, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0)), constant_values=-jnp.inf)
     _, out_hw = _pool_geometry(x, window, strides, padding)
