@@ -221,12 +221,20 @@ def test_fast_max_pool_gradient_equals_torch_on_ties(shape, window, stride, pad)
     np.testing.assert_allclose(np.asarray(dx), xt.grad.numpy().transpose(0, 2, 3, 1),
                                rtol=0, atol=1e-6)
     # lax's own rule (reduce_window, select-and-scatter) gives the same, and so does the
-    # models' pool outside the context (the stem's geometry takes the masked rule there).
-    for fn in (lambda x: nn.max_pool(x, (window, window), (stride, stride), padding), pooled):
+    # models' pool outside the context (the stem's geometry has its own rule there), in
+    # reverse and in forward mode.
+    def lax_pool(x):
+        return nn.max_pool(x, (window, window), (stride, stride), padding)
+
+    for fn in (lax_pool, pooled):
         y_other, vjp_other = jax.vjp(fn, x)
         np.testing.assert_array_equal(np.asarray(y_other), np.asarray(y))
         np.testing.assert_allclose(np.asarray(vjp_other(g)[0]), np.asarray(dx), rtol=0,
                                    atol=1e-6)
+    t = jax.random.normal(jax.random.key(6), x.shape)
+    want_t = jax.jvp(lax_pool, (x,), (t,))[1]
+    np.testing.assert_array_equal(np.asarray(jax.jvp(pooled, (x,), (t,))[1]),
+                                  np.asarray(want_t))
 
 
 def test_loop_friendly_gradients_in_a_scan_are_canonical_and_equal():

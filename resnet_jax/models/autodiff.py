@@ -297,8 +297,8 @@ def _strided_input_gradient(g, w, spatial):
 
 def max_pool(x, window: tuple[int, int], strides: tuple[int, int],
              padding: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))):
-    """``flax.linen.max_pool`` on NHWC, with a faster gradient under ``fast_gradients``
-    and, always, for ResNet's stem pool (``_pairs_geometry``).
+    """``flax.linen.max_pool`` on NHWC, with a faster gradient under ``fast_gradients``;
+    on the CPU, ResNet's stem pool (``_pairs_geometry``) is always ``_pool_by_pairs``.
 
     The gradient of ``lax.reduce_window`` max is XLA's select-and-scatter, which XLA:CPU
     runs as a slow loop (ResNet's 3x3 stride-2 pool on a 16x112x112x64 batch: 239 ms
@@ -308,9 +308,12 @@ def max_pool(x, window: tuple[int, int], strides: tuple[int, int],
     """
     window, strides = tuple(int(w) for w in window), tuple(int(s) for s in strides)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-    if x.ndim != 4 or not (_fast() or _pairs_geometry(x, window, strides, padding)):
-        return nn.max_pool(x, window, strides=strides, padding=padding)
-    return _masked_max_pool(x, window, strides, padding)
+    if x.ndim == 4 and _fast():
+        return _masked_max_pool(x, window, strides, padding)
+    if (x.ndim == 4 and jax.default_backend() == "cpu"
+            and _pairs_geometry(x, window, strides, padding)):
+        return _stem_pool(x)
+    return nn.max_pool(x, window, strides=strides, padding=padding)
 
 
 def _pairs_geometry(x, window, strides, padding) -> bool:
@@ -355,6 +358,38 @@ def _pool_slices(xp, window, strides, out_hw):
                                    xp.shape[3]), (1, sh, sw, 1))
 
 
+@jax.custom_jvp
+def _stem_pool(x):
+    """``_pool_by_pairs`` with select-and-scatter's derivative: each window's tangent is
+    its first maximum's (row-major), in forward and reverse mode alike."""
+    return _pool_by_pairs(x)
+
+
+@_stem_pool.defjvp
+def _stem_pool_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    y = _pool_by_pairs(x)
+    geometry = ((3, 3), (2, 2), ((1, 1), (1, 1)))
+    tp = jnp.pad(t, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    taps = _pool_slices(tp, *geometry[:2], y.shape[1:3])
+    dy = jnp.zeros(y.shape, t.dtype)
+    for (_, _, hit), (_, _, tap) in zip(_first_maxima(x, y, *geometry), taps):
+        dy = dy + jnp.where(hit, tap, jnp.zeros((), t.dtype))
+    return y, dy
+
+
+def _first_maxima(x, y, window, strides, padding):
+    """Yield ``(i, j, hit)`` per window offset: where offset (i, j) holds its window's
+    first maximum in row-major order (the element select-and-scatter and torch pick)."""
+    (lo_h, hi_h), (lo_w, hi_w) = padding
+    xp = jnp.pad(x, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0)), constant_values=-jnp.inf)
+    taken = jnp.zeros(y.shape, bool)
+    for i, j, sl in _pool_slices(xp, window, strides, y.shape[1:3]):
+        hit = (sl == y) & ~taken
+        taken = taken | hit
+        yield i, j, hit
+
+
 def _pool_geometry(x, window, strides, padding):
     (lo_h, hi_h), (lo_w, hi_w) = padding
     hp, wp = x.shape[1] + lo_h + hi_h, x.shape[2] + lo_w + hi_w
@@ -382,17 +417,10 @@ def _masked_max_pool_fwd(x, window, strides, padding):
 def _masked_max_pool_bwd(window, strides, padding, residuals, g):
     x, y = residuals
     (lo_h, hi_h), (lo_w, hi_w) = padding
-    xp = jnp.pad(x, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0)), constant_values=-jnp.inf)
-    (hp, wp), out_hw = _pool_geometry(x, window, strides, padding)
-
-    def parts():
-        taken = jnp.zeros(g.shape, bool)
-        for i, j, sl in _pool_slices(xp, window, strides, out_hw):
-            hit = (sl == y) & ~taken  # the first maximum of each window takes it
-            taken = taken | hit
-            yield i, j, jnp.where(hit, g, jnp.zeros((), g.dtype))
-
-    dxp = _sum_by_phase(parts(), strides, (hp, wp))
+    hp, wp = _pool_geometry(x, window, strides, padding)[0]
+    parts = ((i, j, jnp.where(hit, g, jnp.zeros((), g.dtype)))
+             for i, j, hit in _first_maxima(x, y, window, strides, padding))
+    dxp = _sum_by_phase(parts, strides, (hp, wp))
     return (dxp[:, lo_h:hp - hi_h, lo_w:wp - hi_w],)
 
 
