@@ -111,6 +111,42 @@ def test_a_damaged_entry_is_traced_again_and_replaced(cache_dir, caplog):
     assert again.source == "cache"
 
 
+def test_initial_variables_are_kept_and_read_back_unchanged(cache_dir, monkeypatch):
+    import resnet_jax.models
+
+    model = create_model("my_resnet", num_classes=4, stage_widths=(8, 16))
+    first = trace_cache.initial_variables(model, 3, 16)
+    _assert_same(first, init_variables(model, 3, 16))
+    (entry,) = cache_dir.glob("init-*.msgpack")
+
+    def no_init(*args, **kwargs):
+        raise AssertionError("the kept variables were drawn again")
+
+    with monkeypatch.context() as m:
+        m.setattr(resnet_jax.models, "init_variables", no_init)
+        again = trace_cache.initial_variables(model, 3, 16)
+    _assert_same(again, first)
+    assert jax.tree_util.tree_structure(again) == jax.tree_util.tree_structure(first)
+    assert trace_cache._aval_text(again) == trace_cache._aval_text(first)  # same step key
+    # Another seed or model is another entry.
+    trace_cache.initial_variables(model, 4, 16)
+    trace_cache.initial_variables(model.clone(num_classes=5), 3, 16)
+    assert len(list(cache_dir.glob("init-*.msgpack"))) == 3
+    assert entry.is_file()
+
+
+def test_damaged_initial_variables_are_drawn_again_and_replaced(cache_dir, caplog):
+    model = create_model("my_resnet", num_classes=4, stage_widths=(8, 16))
+    trace_cache.initial_variables(model, 0, 16)
+    (entry,) = cache_dir.glob("init-*.msgpack")
+    entry.write_bytes(entry.read_bytes()[:50])  # truncated
+    with caplog.at_level(logging.WARNING, logger="resnet_jax.train.trace_cache"):
+        redrawn = trace_cache.initial_variables(model, 0, 16)
+    assert "ignoring unreadable initial variables" in caplog.text
+    _assert_same(redrawn, init_variables(model, 0, 16))
+    _assert_same(trace_cache.initial_variables(model, 0, 16), redrawn)
+
+
 def test_the_cache_can_be_turned_off(cache_dir, monkeypatch):
     monkeypatch.setenv("RESNET_JAX_TRACE_CACHE", "0")
     assert trace_cache.directory() is None

@@ -306,7 +306,7 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
         arch = arch_of(cfg.init_from) or arch
     else:
         model = build_model(cfg, num_classes, channels, pre.image_size)
-        variables = init_variables(model, cfg.seed, pre.image_size)
+        variables = trace_cache.initial_variables(model, cfg.seed, pre.image_size)
         arch = cfg.arch
 
     opt_cfg = OptimizerConfig(
