@@ -117,6 +117,7 @@ def test_initial_variables_are_kept_and_read_back_unchanged(cache_dir, monkeypat
     model = create_model("my_resnet", num_classes=4, stage_widths=(8, 16))
     first = trace_cache.initial_variables(model, 3, 16)
     _assert_same(first, init_variables(model, 3, 16))
+    trace_cache.wait_for_writes()
     (entry,) = cache_dir.glob("init-*.msgpack")
 
     def no_init(*args, **kwargs):
@@ -131,6 +132,7 @@ def test_initial_variables_are_kept_and_read_back_unchanged(cache_dir, monkeypat
     # Another seed or model is another entry.
     trace_cache.initial_variables(model, 4, 16)
     trace_cache.initial_variables(model.clone(num_classes=5), 3, 16)
+    trace_cache.wait_for_writes()
     assert len(list(cache_dir.glob("init-*.msgpack"))) == 3
     assert entry.is_file()
 
@@ -138,10 +140,12 @@ def test_initial_variables_are_kept_and_read_back_unchanged(cache_dir, monkeypat
 def test_damaged_initial_variables_are_drawn_again_and_replaced(cache_dir, caplog):
     model = create_model("my_resnet", num_classes=4, stage_widths=(8, 16))
     trace_cache.initial_variables(model, 0, 16)
+    trace_cache.wait_for_writes()
     (entry,) = cache_dir.glob("init-*.msgpack")
     entry.write_bytes(entry.read_bytes()[:50])  # truncated
     with caplog.at_level(logging.WARNING, logger="resnet_jax.train.trace_cache"):
         redrawn = trace_cache.initial_variables(model, 0, 16)
+    trace_cache.wait_for_writes()
     assert "ignoring unreadable initial variables" in caplog.text
     _assert_same(redrawn, init_variables(model, 0, 16))
     _assert_same(trace_cache.initial_variables(model, 0, 16), redrawn)

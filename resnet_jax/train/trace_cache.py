@@ -28,10 +28,12 @@ import hashlib
 import importlib.util
 import logging
 import os
+import threading
 from importlib import metadata
 from pathlib import Path
 
 import jax
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,25 @@ def _write(path: Path, data: bytes, what: str) -> None:
         log.warning("could not keep the %s in %s: %s", what, path.parent, e)
 
 
+_pending: list[threading.Thread] = []
+
+
+def _write_soon(path: Path, make_data, what: str) -> None:
+    """``_write(path, make_data(), what)`` on a thread, so that a start does not wait for
+    it (serialising ResNet-50's variables and writing them took ~0.5 s); the interpreter
+    waits for it at exit."""
+    thread = threading.Thread(target=lambda: _write(path, make_data(), what),
+                              name=f"resnet_jax: keep the {what}")
+    thread.start()
+    _pending.append(thread)
+
+
+def wait_for_writes() -> None:
+    """Wait until the entries ``initial_variables`` is writing are on disk."""
+    while _pending:
+        _pending.pop().join()
+
+
 def initial_variables(model, seed: int, image_size) -> dict:
     """``init_variables(model, seed, image_size)``, kept beside the traced steps.
 
@@ -139,8 +160,8 @@ def initial_variables(model, seed: int, image_size) -> dict:
         except Exception as e:  # a damaged entry: draw again and replace it
             log.warning("ignoring unreadable initial variables %s: %s", path, e)
     variables = init_variables(model, seed, image_size)
-    _write(path, serialization.msgpack_serialize(jax.device_get(variables)),
-           "initial variables")
+    host = jax.tree_util.tree_map(np.array, variables)  # copies: the train step donates them
+    _write_soon(path, lambda: serialization.msgpack_serialize(host), "initial variables")
     return variables
 
 
