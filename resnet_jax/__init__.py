@@ -11,18 +11,29 @@ network learned with ``jax.grad``.
 
 from __future__ import annotations
 
+import gc
 import importlib
 
-from .models import (
-    ARCHS,
-    abstract_variables,
-    count_params,
-    create_model,
-    features,
-    init_variables,
-    model_config,
-    model_from_config,
-)
+# Importing jax and flax leaves ~110k tracked objects, all kept, and runs ~260 cyclic
+# collections over them: 0.12-0.17 s of a ~1.7 s warm start of ``python train.py``
+# (benchmarks/NOTES.md, 12a). The collector is off while they load, then as it was.
+_gc_was_enabled = gc.isenabled()
+gc.disable()
+try:
+    from .models import (
+        ARCHS,
+        abstract_variables,
+        count_params,
+        create_model,
+        features,
+        init_variables,
+        model_config,
+        model_from_config,
+    )
+finally:
+    if _gc_was_enabled:
+        gc.enable()
+    del _gc_was_enabled
 
 __version__ = "0.1.0"
 

@@ -149,3 +149,28 @@ def test_predict_matches_torchvision(tmp_path, capsys):
     broken.write_bytes(paths[0].read_bytes()[:200])
     code, _, err = run(capsys, "predict", "--weights", tmp_path / "model", broken)
     assert code == 2 and "broken.jpg" in err and "truncated or not an image" in err
+
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_import_leaves_the_garbage_collector_as_it_was(enabled):
+    """``import resnet_jax`` turns the cyclic collector off while jax and flax load (start-up
+    time) and leaves it as the importer had it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import gc, sys\n"
+        f"gc.enable() if {enabled} else gc.disable()\n"
+        "during = []\n"
+        "def loading():  # jax has begun loading, resnet_jax.models has not finished\n"
+        "    models = sys.modules.get('resnet_jax.models')\n"
+        "    return 'jax' in sys.modules and not hasattr(models, 'create_model')\n"
+        "gc.callbacks.append(lambda phase, info: phase == 'start' and loading()"
+        " and during.append(info))\n"
+        "import resnet_jax\n"
+        "print(gc.isenabled(), len(during))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == [str(enabled), "0"]
