@@ -10,7 +10,7 @@ Same as ``resnet-jax convert``.
 
 import sys
 
-from resnet_jax.cli import main
+from resnet_jax.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main(["convert", *sys.argv[1:]]))
+    sys.exit(run(["convert", *sys.argv[1:]]))

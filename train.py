@@ -6,7 +6,7 @@ With no arguments it trains the course's ResNet on scikit-learn's handwritten di
 
 import sys
 
-from resnet_jax.cli import main
+from resnet_jax.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    sys.exit(run(["train", *sys.argv[1:]]))

@@ -15,8 +15,11 @@ import gc
 import importlib
 
 # Importing jax and flax leaves ~110k tracked objects, all kept, and runs ~260 cyclic
-# collections over them: 0.12-0.17 s of a ~1.7 s warm start of ``python train.py``
-# (benchmarks/NOTES.md, 12a). The collector is off while they load, then as it was.
+# collections over them. The collector is off while they load, then as it was. Alone
+# this only defers the work (the next collections traverse those objects); the
+# one-command entry point ``resnet_jax.cli.run`` then freezes them, which together took
+# the collector's time before ``python train.py``'s first step from 0.13-0.17 s to
+# 0.07-0.10 s (benchmarks/NOTES.md, 12a).
 _gc_was_enabled = gc.isenabled()
 gc.disable()
 try:

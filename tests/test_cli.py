@@ -151,7 +151,6 @@ def test_predict_matches_torchvision(tmp_path, capsys):
     assert code == 2 and "broken.jpg" in err and "truncated or not an image" in err
 
 
-
 @pytest.mark.parametrize("enabled", [True, False])
 def test_import_leaves_the_garbage_collector_as_it_was(enabled):
     """``import resnet_jax`` turns the cyclic collector off while jax and flax load (start-up
@@ -174,3 +173,24 @@ def test_import_leaves_the_garbage_collector_as_it_was(enabled):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == [str(enabled), "0"]
+
+
+def test_the_one_command_entry_point_freezes_what_the_imports_left():
+    """``resnet_jax.cli.run`` (the ``resnet-jax`` script, ``train.py``) moves the objects
+    that importing jax and flax left out of the collector's reach, then runs the command;
+    ``main``, which the tests and other programs call, does not."""
+    import subprocess
+    import sys
+
+    code = (
+        "import gc\n"
+        "from resnet_jax.cli import main, run\n"
+        "before = gc.get_freeze_count()\n"
+        "assert main(['summary', 'my_resnet']) == 0 and gc.get_freeze_count() == before\n"
+        "print(before, run(['summary', 'my_resnet']), gc.get_freeze_count(), gc.isenabled())\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    before, status, frozen, enabled = r.stdout.split()[-4:]
+    assert (int(before), int(status), enabled) == (0, 0, "True")
+    assert int(frozen) > 50_000  # jax's and flax's modules, functions and classes

@@ -166,8 +166,8 @@ def _canonical_fwd(x, w, strides, pads, groups):
 
 
 def _on_stored(fn, x):
-    """``fn(x)`` for a reordering ``fn`` (a transpose, a strided slice), run on ``x`` as
-    stored rather than fused with the ops that produce it.
+    """``fn(x)`` for a cheap ``fn`` (a transpose, a strided slice, a comparison), run on
+    ``x`` as stored rather than fused with the ops that produce it.
 
     XLA:CPU fuses the elementwise ops that produce ``x`` (BatchNorm, ReLU, a residual
     add) into a transpose and then reads their inputs in the transposed order, 6x slower

@@ -127,7 +127,7 @@ def _write_soon(path: Path, make_data, what: str) -> None:
     thread = threading.Thread(target=lambda: _write(path, make_data(), what),
                               name=f"resnet_jax: keep the {what}")
     thread.start()
-    _pending.append(thread)
+    _pending[:] = [t for t in _pending if t.is_alive()] + [thread]
 
 
 def wait_for_writes() -> None:
