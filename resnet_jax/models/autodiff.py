@@ -25,7 +25,7 @@ so threads and other traces are unaffected.
       first maximum of each window as select-and-scatter and torch do.
     - the ReLU's gradient masked by its stored output rather than by its input, which in
       a residual stage XLA:CPU recomputed from the whole chain of blocks (activation
-      maximisation on ResNet-50: 4-5% per step).
+      maximisation on ResNet-50: 2-8% per step, median 5%).
 
     The train step (``resnet_jax.train.make_train_step``), the explain methods and
     activation maximisation trace under it; a ResNet-18 train step ran 15-24% faster.
