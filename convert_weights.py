@@ -8,9 +8,12 @@
 Same as ``resnet-jax convert``.
 """
 
+import gc
 import sys
 
-from resnet_jax.cli import run
+gc.disable()  # until ``run`` has frozen what the imports leave (see train.py)
+
+from resnet_jax.cli import run  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(run(["convert", *sys.argv[1:]]))

@@ -4,9 +4,14 @@
 With no arguments it trains the course's ResNet on scikit-learn's handwritten digits.
 """
 
+import gc
 import sys
 
-from resnet_jax.cli import run
+# The collector stays off while jax and flax load (~110k objects that live as long as the
+# process); ``run`` freezes them and turns it back on (benchmarks/NOTES.md, 13a).
+gc.disable()
+
+from resnet_jax.cli import run  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(run(["train", *sys.argv[1:]]))

@@ -194,3 +194,29 @@ def test_the_one_command_entry_point_freezes_what_the_imports_left():
     before, status, frozen, enabled = r.stdout.split()[-4:]
     assert (int(before), int(status), enabled) == (0, 0, "True")
     assert int(frozen) > 50_000  # jax's and flax's modules, functions and classes
+
+
+@pytest.mark.parametrize("script", ["train.py", "convert_weights.py"])
+def test_the_scripts_import_without_a_collection_before_the_freeze(script):
+    """``train.py`` and ``convert_weights.py`` keep the collector off from their first line
+    until ``run`` has frozen what jax and flax left, so no collection traverses those
+    objects first; the command then runs with the collector on."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / script
+    code = (
+        "import gc, runpy, sys\n"
+        "early = []\n"
+        "gc.callbacks.append(lambda phase, info: phase == 'start' and 'jax' in sys.modules"
+        " and gc.get_freeze_count() == 0 and early.append(info))\n"
+        f"sys.argv = [{str(path)!r}, '--help']\n"
+        "try:\n"
+        f"    runpy.run_path({str(path)!r}, run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    print(e.code, len(early), gc.isenabled(), gc.get_freeze_count() > 50_000)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-4:] == ["0", "0", "True", "True"]
