@@ -11,9 +11,8 @@ Same as ``resnet-jax convert``.
 import gc
 import sys
 
-gc.disable()  # until ``run`` has frozen what the imports leave (see train.py)
-
-from resnet_jax.cli import run  # noqa: E402
-
 if __name__ == "__main__":
+    gc.disable()  # until ``run`` has frozen what the imports leave (see train.py)
+    from resnet_jax.cli import run
+
     sys.exit(run(["convert", *sys.argv[1:]]))

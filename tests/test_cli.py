@@ -198,9 +198,10 @@ def test_the_one_command_entry_point_freezes_what_the_imports_left():
 
 @pytest.mark.parametrize("script", ["train.py", "convert_weights.py"])
 def test_the_scripts_import_without_a_collection_before_the_freeze(script):
-    """``train.py`` and ``convert_weights.py`` keep the collector off from their first line
+    """Run as scripts, ``train.py`` and ``convert_weights.py`` keep the collector off
     until ``run`` has frozen what jax and flax left, so no collection traverses those
-    objects first; the command then runs with the collector on."""
+    objects first; the command then runs with the collector on. Imported, they leave the
+    collector alone."""
     import subprocess
     import sys
     from pathlib import Path
@@ -208,6 +209,8 @@ def test_the_scripts_import_without_a_collection_before_the_freeze(script):
     path = Path(__file__).resolve().parents[1] / script
     code = (
         "import gc, runpy, sys\n"
+        f"runpy.run_path({str(path)!r}, run_name='imported')\n"
+        "imported = gc.isenabled()\n"
         "early = []\n"
         "gc.callbacks.append(lambda phase, info: phase == 'start' and 'jax' in sys.modules"
         " and gc.get_freeze_count() == 0 and early.append(info))\n"
@@ -215,8 +218,8 @@ def test_the_scripts_import_without_a_collection_before_the_freeze(script):
         "try:\n"
         f"    runpy.run_path({str(path)!r}, run_name='__main__')\n"
         "except SystemExit as e:\n"
-        "    print(e.code, len(early), gc.isenabled(), gc.get_freeze_count() > 50_000)\n"
+        "    print(imported, e.code, len(early), gc.isenabled(), gc.get_freeze_count() > 50_000)\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split()[-4:] == ["0", "0", "True", "True"]
+    assert r.stdout.split()[-5:] == ["True", "0", "0", "True", "True"]
