@@ -8,11 +8,9 @@
 Same as ``resnet-jax convert``.
 """
 
-import gc
 import sys
 
-if __name__ == "__main__":
-    gc.disable()  # until ``run`` has frozen what the imports leave (see train.py)
-    from resnet_jax.cli import run
+from resnet_jax.cli import run
 
+if __name__ == "__main__":
     sys.exit(run(["convert", *sys.argv[1:]]))

@@ -15,11 +15,12 @@ import gc
 import importlib
 
 # Importing jax and flax leaves ~110k tracked objects, all kept, and runs ~260 cyclic
-# collections over them. The collector is off while they load, then as it was. Alone
-# this only defers the work (the next collections traverse those objects); the
-# one-command entry point ``resnet_jax.cli.run`` then freezes them, which together took
-# the collector's time before ``python train.py``'s first step from 0.13-0.17 s to
-# 0.07-0.10 s (benchmarks/NOTES.md, 12a).
+# collections over them. The collector is off while they load; then they are moved to
+# the oldest generation without being traversed (freeze, then unfreeze: skipped when the
+# importer has frozen objects of its own), and the collector is restored as the importer
+# had it. Left in the youngest generation, the first collection after the import
+# traversed all of them (68-76 ms; benchmarks/NOTES.md, 12a and 13a). The one-command
+# entry point ``resnet_jax.cli.run`` then freezes them for good.
 _gc_was_enabled = gc.isenabled()
 gc.disable()
 try:
@@ -34,6 +35,9 @@ try:
         model_from_config,
     )
 finally:
+    if gc.get_freeze_count() == 0:
+        gc.freeze()
+        gc.unfreeze()
     if _gc_was_enabled:
         gc.enable()
     del _gc_was_enabled

@@ -71,17 +71,12 @@ def run(argv: list[str] | None = None) -> int:
     """``main`` for a process that runs one command and exits (the ``resnet-jax`` script,
     ``train.py``).
 
-    ``import resnet_jax`` loads jax and flax with the collector off: ~110k objects that
-    live as long as the process. Frozen here, the collections that follow do not traverse
-    them again (the collector's time before the default run's first step: 0.13-0.17 s
-    -> 0.07-0.10 s, benchmarks/NOTES.md, 12a). ``train.py`` and ``convert_weights.py``
-    turn the collector off before their first import, so the import's own re-enabled
-    collector does not traverse them once before this freeze (13a); it is on again from
-    here. Not done in ``main``, which other programs (and the tests) call inside a
-    process they keep.
+    ``import resnet_jax`` loads jax and flax with the collector off and leaves their
+    ~110k objects, which live as long as the process, in the oldest generation. Frozen
+    here, no later collection traverses them (benchmarks/NOTES.md, 12a, 13a). Not done in
+    ``main``, which other programs (and the tests) call inside a process they keep.
     """
     gc.freeze()
-    gc.enable()
     return main(argv)
 
 

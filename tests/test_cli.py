@@ -151,13 +151,20 @@ def test_predict_matches_torchvision(tmp_path, capsys):
     assert code == 2 and "broken.jpg" in err and "truncated or not an image" in err
 
 
+def _python(code: str) -> list[str]:
+    """Run ``code`` in a fresh interpreter; its standard output, split into words."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout.split()
+
+
 @pytest.mark.parametrize("enabled", [True, False])
 def test_import_leaves_the_garbage_collector_as_it_was(enabled):
     """``import resnet_jax`` turns the cyclic collector off while jax and flax load (start-up
     time) and leaves it as the importer had it."""
-    import subprocess
-    import sys
-
     code = (
         "import gc, sys\n"
         f"gc.enable() if {enabled} else gc.disable()\n"
@@ -170,18 +177,13 @@ def test_import_leaves_the_garbage_collector_as_it_was(enabled):
         "import resnet_jax\n"
         "print(gc.isenabled(), len(during))\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split() == [str(enabled), "0"]
+    assert _python(code) == [str(enabled), "0"]
 
 
 def test_the_one_command_entry_point_freezes_what_the_imports_left():
     """``resnet_jax.cli.run`` (the ``resnet-jax`` script, ``train.py``) moves the objects
     that importing jax and flax left out of the collector's reach, then runs the command;
     ``main``, which the tests and other programs call, does not."""
-    import subprocess
-    import sys
-
     code = (
         "import gc\n"
         "from resnet_jax.cli import main, run\n"
@@ -189,37 +191,40 @@ def test_the_one_command_entry_point_freezes_what_the_imports_left():
         "assert main(['summary', 'my_resnet']) == 0 and gc.get_freeze_count() == before\n"
         "print(before, run(['summary', 'my_resnet']), gc.get_freeze_count(), gc.isenabled())\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    before, status, frozen, enabled = r.stdout.split()[-4:]
+    before, status, frozen, enabled = _python(code)[-4:]
     assert (int(before), int(status), enabled) == (0, 0, "True")
     assert int(frozen) > 50_000  # jax's and flax's modules, functions and classes
 
 
-@pytest.mark.parametrize("script", ["train.py", "convert_weights.py"])
-def test_the_scripts_import_without_a_collection_before_the_freeze(script):
-    """Run as scripts, ``train.py`` and ``convert_weights.py`` keep the collector off
-    until ``run`` has frozen what jax and flax left, so no collection traverses those
-    objects first; the command then runs with the collector on. Imported, they leave the
-    collector alone."""
-    import subprocess
-    import sys
+@pytest.mark.parametrize("entry", ["train.py", "convert_weights.py", "resnet_jax.cli"])
+def test_no_collection_traverses_the_imports_objects_before_the_freeze(entry):
+    """Whichever entry point starts the process (the scripts, or the module behind the
+    ``resnet-jax`` command), no collection before ``run``'s freeze traverses what jax and
+    flax left: the import leaves them in the oldest generation, which those collections
+    do not reach. The command then runs with the collector on. Imported, the scripts
+    leave the collector alone."""
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / script
+    path = str(Path(__file__).resolve().parents[1] / entry)
+    if entry.endswith(".py"):
+        imported = f"runpy.run_path({path!r}, run_name='imported')\n"
+        start = f"sys.argv = [{path!r}, '--help']\nrunpy.run_path({path!r}, run_name='__main__')\n"
+    else:
+        imported = ""
+        start = f"sys.argv = ['resnet-jax', '--help']\nrunpy.run_module({entry!r}, run_name='__main__')\n"
     code = (
         "import gc, runpy, sys\n"
-        f"runpy.run_path({str(path)!r}, run_name='imported')\n"
-        "imported = gc.isenabled()\n"
         "early = []\n"
+        "def traversed(generation):\n"
+        "    return sum(len(gc.get_objects(g)) for g in range(generation + 1))\n"
         "gc.callbacks.append(lambda phase, info: phase == 'start' and 'jax' in sys.modules"
-        " and gc.get_freeze_count() == 0 and early.append(info))\n"
-        f"sys.argv = [{str(path)!r}, '--help']\n"
+        " and gc.get_freeze_count() == 0 and early.append(traversed(info['generation'])))\n"
+        f"{imported}"
+        "imported = gc.isenabled()\n"
         "try:\n"
-        f"    runpy.run_path({str(path)!r}, run_name='__main__')\n"
+        + "".join("    " + line + "\n" for line in start.splitlines()) +
         "except SystemExit as e:\n"
-        "    print(imported, e.code, len(early), gc.isenabled(), gc.get_freeze_count() > 50_000)\n"
+        "    print(imported, e.code, max(early, default=0) < 10_000, gc.isenabled(),"
+        " gc.get_freeze_count() > 50_000)\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split()[-5:] == ["True", "0", "0", "True", "True"]
+    assert _python(code)[-5:] == ["True", "0", "True", "True", "True"]
