@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "resnet_jax.commands",  # summary, predict, convert
     "resnet_jax.train.cli",  # train, evaluate
     "resnet_jax.explain.cli",  # gradcam, visualize
+    "resnet_jax.course",  # course
 ]
 
 
