@@ -17,10 +17,13 @@ def register(sub) -> None:
     p.add_argument("--in-channels", type=int, default=None)
     p.set_defaults(func=run_summary)
 
-    p = sub.add_parser("predict", help="top-5 ImageNet classes of images")
+    p = sub.add_parser("predict", help="top-5 classes of images under a saved model",
+                       description="Print each image's most likely classes, with the model's "
+                                   "class names, after the preprocessing stored with the model "
+                                   "(torchvision's for converted ImageNet models).")
     p.add_argument("--weights", required=True, type=Path, help="a saved model directory")
     p.add_argument("images", nargs="+", type=Path)
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--top", type=int, default=5, help="how many classes to show (default 5)")
     p.set_defaults(func=run_predict)
 
     p = sub.add_parser("convert", help="torchvision weights <-> flax model directory")
@@ -45,32 +48,26 @@ def run_summary(args) -> int:
 # --------------------------------------------------------------------------- predict
 
 def run_predict(args) -> int:
+    """Top-k classes of image files, prepared exactly as the model's evaluation prepares
+    its test images (the preprocessing stored with it; torchvision's for ImageNet models)."""
     import jax
     import numpy as np
 
-    from . import imagenet
-    from .checkpoint import load, load_config
+    from .explain.inputs import load_model
     from .models.layers import inference_jit
 
-    model, variables = load(args.weights)
-    config = load_config(args.weights)
-    names = config.get("class_names")
-    if names is None and model.num_classes == 1000:
-        names = imagenet.class_names()
-    if getattr(model, "in_channels", 3) != 3:
-        raise ResNetJaxError(
-            f"predict applies ImageNet preprocessing to RGB images, but the model at "
-            f"{args.weights} takes {model.in_channels}-channel input"
-        )
-    batch = np.stack([imagenet.preprocess(imagenet.load_image(p)) for p in args.images])
-    logits = inference_jit(lambda v, x: model.apply(v, x, train=False))(variables, batch)
-    probs = np.asarray(jax.nn.softmax(logits.astype("float32"), axis=-1))
+    if args.top <= 0:
+        raise ResNetJaxError(f"--top {args.top}: give a positive number of classes to show")
+    m = load_model(args.weights)
+    batch = m.preprocess(list(args.images))
+    logits = inference_jit(lambda v, x: m.model.apply(v, x, train=False))(m.variables, batch)
+    probs = np.asarray(jax.nn.softmax(np.asarray(logits, np.float32), axis=-1))
     k = min(args.top, probs.shape[-1])
     for path, p in zip(args.images, probs):
         print(path)
-        for idx in np.argsort(-p)[:k]:
-            label = names[idx] if names is not None else f"class {idx}"
-            print(f"  {p[idx]:7.2%}  {idx:4d}  {label}")
+        for idx in np.argsort(-p, kind="stable")[:k]:
+            label = m.class_names[idx] if m.class_names is not None else f"class {idx}"
+            print(f"  {p[idx]:9.4%}  {idx:4d}  {label}")
     return 0
 
 

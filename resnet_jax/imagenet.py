@@ -14,16 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ResNetJaxError
+from .data.images import ImageError as ImageError  # re-exported: the error predict raises
+from .data.images import read_image
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 RESIZE_SIZE = 256
 CROP_SIZE = 224
-
-
-class ImageError(ResNetJaxError):
-    """An image file that cannot be read."""
 
 
 @functools.cache
@@ -36,21 +33,12 @@ def class_names() -> tuple[str, ...]:
 
 
 def load_image(path, mode: str = "RGB"):
-    """Open an image file as a PIL image in ``mode`` (grayscale and RGBA are converted)."""
-    from PIL import Image, UnidentifiedImageError
+    """Open an image file as a PIL image in ``mode`` ("RGB" or "L"), decoded by the one
+    reader every command shares (``resnet_jax.data.images.read_image``)."""
+    from PIL import Image
 
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"image {path} does not exist")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert(mode)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageError(
-            f"cannot read image {path}: it is truncated or not an image file "
-            f"(expected a JPEG, PNG, BMP, GIF, TIFF or WebP; {e})"
-        ) from None
+    arr = read_image(path, 1 if mode == "L" else 3)
+    return Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
 
 
 def resized_size(height: int, width: int, size: int) -> tuple[int, int]:

@@ -25,7 +25,7 @@ def test_unknown_layer_lists_valid_names(small_resnet, rng):
     x = rng.random((2, 32, 32, 3), np.float32)
     with pytest.raises(ResNetJaxError, match=r"unknown layer 'layer4'.*conv1, bn1, relu, "
                                              r"layer1.0, layer1, layer2.0, layer2"):
-        gradcam(model, variables, x)  # my_resnet has two stages
+        gradcam(model, variables, x, layer="layer4")  # my_resnet has two stages
     with pytest.raises(ResNetJaxError, match="no spatial map"):
         gradcam(model, variables, x, layer="fc")
     with pytest.raises(ResNetJaxError, match="unknown method"):

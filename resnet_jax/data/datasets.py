@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ResNetJaxError
+from .images import read_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -103,32 +104,6 @@ class ImageSet:
             images=None if self.images is None else self.images[indices],
             paths=None if self.paths is None else [self.paths[i] for i in indices],
         )
-
-
-def read_image(path, channels: int) -> np.ndarray:
-    """Decode an image file to uint8 HWC; grayscale, palette and RGBA are converted."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.load()
-        im = _convert(im, channels)
-        arr = np.asarray(im, np.uint8)
-    return arr[..., None] if arr.ndim == 2 else arr
-
-
-def _convert(im, channels: int):
-    from PIL import Image
-
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        # Composite transparency onto white, as a viewer shows it, rather than dropping alpha.
-        im = im.convert("RGBA")
-        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(background, im)
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(im, np.float64)
-        hi = arr.max() or 1.0
-        im = Image.fromarray((arr * (255.0 / hi)).round().astype(np.uint8))
-    return im.convert("L" if channels == 1 else "RGB")
 
 
 # --------------------------------------------------------------------------- embedded

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import ResNetJaxError
 from ..models import layers
 from ..models.autodiff import fast_gradients
 from . import base
@@ -58,11 +59,18 @@ def compiled(model, method_name: str, layer: str | None, options: tuple = ()):
     return layers.inference_jit(run)
 
 
-def explain(model, variables, images, targets=None, layer: str | None = "layer4",
-            method: str = "gradcam", *, image_size=None, batch_size: int | None = None,
-            seed: int = 0, **options) -> Explanation:
+def explain(model, variables, images, targets=None, layer: str | None = None,
+            method: str = "gradcam", *, preprocess=None, image_size=None,
+            batch_size: int | None = None, seed: int = 0, **options) -> Explanation:
     """Explain ``model``'s scores for ``images`` with ``method``; see ``gradcam``."""
     m = get_method(method)
+    shown = None
+    if preprocess is not None:
+        if image_size is not None:
+            raise ResNetJaxError("give either preprocess= (which sets the image size) or "
+                                 "image_size=, not both")
+        shown = preprocess.pixels(images)
+        images, image_size = preprocess.normalize(shown), preprocess.image_size
     ready = base.batch_ready(model, images, image_size)
     x = base.prepare_images(model, images, image_size)
     n = x.shape[0]
@@ -89,28 +97,34 @@ def explain(model, variables, images, targets=None, layer: str | None = "layer4"
         maps=base.as_batch_maps(maps, multi),
         targets=tt if multi else tt[:, 0],
         scores=scores if multi else scores[:, 0],
-        logits=logits, images=images if ready else np.asarray(x), method=m.name, layer=layer,
+        logits=logits, images=shown if shown is not None else images if ready else np.asarray(x),
+        method=m.name, layer=layer,
     )
 
 
-def gradcam(model, variables, images_nhwc, targets=None, layer: str | None = "layer4",
+def gradcam(model, variables, images_nhwc, targets=None, layer: str | None = None,
             method: str = "gradcam", **options) -> np.ndarray:
     """Class activation maps of shape (batch, height, width) in [0, 1] at the input's size.
 
     Args:
       model, variables: a model from ``create_model``/``load``/``port.from_torch`` and its
         ``{'params', 'batch_stats'}``.
-      images_nhwc: a batch (NHWC/NHW) or a list of images of any sizes (HW/HWC), already
-        normalised as the model expects; grayscale is repeated for an RGB model and sizes
-        are resized as the model requires (see ``base.prepare_images``).
+      images_nhwc: without ``preprocess``: a batch (NHWC/NHW) or a list of images of any
+        sizes (HW/HWC), already normalised as the model expects; grayscale is repeated for
+        an RGB model and sizes are resized as the model requires (see
+        ``base.prepare_images``). With ``preprocess``: raw images (paths, uint8, or floats
+        in [0, 1]) that it resizes, crops and normalises as the model's evaluation does.
       targets: None (each image's predicted class), one class for all, one per image, or a
         (batch, T) table of T classes per image -> maps of shape (batch, T, H, W).
       layer: the named output whose activations and gradients make the map (CAM methods);
-        ``None`` picks the last spatial stage. Unknown names raise a ResNetJaxError that
+        ``None`` (default) picks the last spatial stage (``layer4`` on torchvision ResNets,
+        ``layer2`` on my_resnet, ``conv2`` on digit_cnn). Unknown names raise a ResNetJaxError that
         lists the valid ones.
       method: gradcam, gradcam++, hirescam, saliency, smoothgrad, integrated_gradients,
         guided_backprop or guided_gradcam.
-      **options: ``batch_size``, ``image_size``, ``seed`` and method options
+      **options: ``preprocess`` (a ``Preprocessing``, e.g. ``load_model(dir).preprocess``;
+        then ``Explanation.images`` are the [0, 1] pixels shown to the model),
+        ``batch_size``, ``image_size``, ``seed`` and method options
         (smoothgrad: ``samples``, ``noise``; integrated_gradients: ``steps``, ``baseline``).
     """
     return explain(model, variables, images_nhwc, targets, layer, method, **options).maps

@@ -93,98 +93,159 @@ def parse_indices(text: str, what: str) -> list[int]:
 
 
 def class_names_for(model, weights) -> list[str] | None:
-    from .. import imagenet
-    from ..checkpoint import load_config
+    from .inputs import load_model
 
-    try:
-        names = load_config(weights).get("class_names")
-    except ResNetJaxError:
-        names = None
-    if names is None and getattr(model, "num_classes", None) == 1000:
-        names = list(imagenet.class_names())
-    return names
+    return load_model(weights, say=lambda line: None).class_names
 
 
 def is_imagenet_model(model) -> bool:
-    from ..models import ResNet
+    from .inputs import is_imagenet_model as check
 
-    return isinstance(model, ResNet) and model.in_channels == 3 and model.stem == "imagenet"
+    return check(model)
 
 
-def load_inputs(model, paths):
-    """(model inputs NHWC, display images in [0, 1]) for image files.
+def load_inputs(model, paths, preprocess=None):
+    """(model inputs NHWC, display images in [0, 1]) for image files, prepared with
+    ``preprocess`` (default: what ``preprocessing_for`` finds for the bare model)."""
+    from .inputs import preprocessing_for
 
-    ImageNet ResNets get torchvision's preprocessing (resize 256, centre crop 224,
-    normalise); other models get the image converted to their channels, resized to their
-    input size and scaled to [0, 1].
-    """
+    pre = preprocess or preprocessing_for(model)
+    shown = pre.pixels(paths)
+    return pre.normalize(shown), shown
+
+
+def check_gradcam_args(args) -> None:
+    """Refuse option values that make no sense, naming the valid range."""
+    import math
+
+    from ..viz.overlays import get_colormap
+
+    if not (math.isfinite(args.alpha) and 0.0 <= args.alpha <= 1.0):
+        raise ResNetJaxError(f"--alpha {args.alpha} is outside [0, 1] (0: only the image, "
+                             "1: only the heat map)")
+    try:
+        get_colormap(args.colormap)
+    except ValueError as e:
+        raise ResNetJaxError(f"--colormap: {e}") from None
+    for t in args.target or []:
+        if t < 0:
+            raise ResNetJaxError(f"--target {t} is negative; give a class index from 0 (leave "
+                                 "--target out to explain the predicted class)")
+
+
+def output_names(paths, method: str) -> list[str]:
+    """A distinct file-name stem per input: its own stem, prefixed with its folders'
+    names where two inputs share one (a/cat.jpg, b/cat.jpg -> a_cat, b_cat)."""
+    paths = [Path(p) for p in paths]
+    stems = [p.stem for p in paths]
+    depth = 1
+    while len(set(stems)) < len(stems) and depth < 8:
+        stems = ["_".join([*p.parent.parts[-depth:], p.stem]).replace("/", "") or p.stem
+                 for p in paths]
+        depth += 1
+    seen: dict[str, int] = {}
+    out = []
+    for s in stems:
+        seen[s] = seen.get(s, 0) + 1
+        out.append(s if seen[s] == 1 else f"{s}_{seen[s]}")
+    return [f"{s}_{method}" for s in out]
+
+
+def output_dir(path: Path) -> Path:
+    """``path`` as a folder for outputs: created if missing (its parent must exist)."""
+    import errno
+
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder; --out takes a "
+                                 "folder for the pictures", str(path))
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def save_npy(path: Path, array) -> Path:
+    """``np.save`` through a temporary sibling and a rename (no partial file on failure)."""
+    import os
+
     import numpy as np
 
-    from .. import imagenet
-    from ..models import input_shape
-
-    if is_imagenet_model(model):
-        x = np.stack([imagenet.preprocess(imagenet.load_image(p)) for p in paths])
-        return x, imagenet.denormalize(x)
-    n, h, w, c = input_shape(model)
-    mode = "L" if c == 1 else "RGB"
-    imgs = []
-    for p in paths:
-        img = imagenet.load_image(p, mode).resize((w, h))
-        a = np.asarray(img, np.float32) / 255.0
-        imgs.append(a[..., None] if a.ndim == 2 else a)
-    x = np.stack(imgs)
-    return x, x
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+    return path
 
 
 def run_gradcam(args) -> int:
-    import numpy as np
-
-    from ..checkpoint import load
     from ..viz.overlays import save_overlay
     from .api import explain
+    from .inputs import load_model
 
-    model, variables = load(args.weights)
-    x, shown = load_inputs(model, args.images)
+    check_gradcam_args(args)
+    m = load_model(args.weights)
     targets = None
     if args.target:
-        targets = [list(args.target)] * len(x)
-    result = explain(model, variables, x, targets, layer=args.layer, method=args.method)
+        n = int(m.model.num_classes)
+        bad = [t for t in args.target if t >= n]
+        if bad:
+            raise ResNetJaxError(f"--target {bad[0]} is out of range: the model has {n} classes "
+                                 f"(valid indices 0..{n - 1})")
+        targets = [list(args.target)] * len(args.images)
+    result = explain(m.model, m.variables, list(args.images), targets, layer=args.layer,
+                     method=args.method, preprocess=m.preprocess)
     maps = result.maps if result.maps.ndim == 4 else result.maps[:, None]
     tgts = result.targets if result.targets.ndim == 2 else result.targets[:, None]
     scores = result.scores if result.scores.ndim == 2 else result.scores[:, None]
-    names = class_names_for(model, args.weights)
-    args.out.mkdir(parents=True, exist_ok=True)
+    names = m.class_names
+    out_dir = output_dir(args.out)
     where = f" at {result.layer}" if result.layer else ""
-    for i, path in enumerate(args.images):
-        stem = Path(path).stem
+    written = []
+    for i, (path, stem) in enumerate(zip(args.images, output_names(args.images, result.method))):
         for j in range(maps.shape[1]):
             k = int(tgts[i, j])
             name = names[k] if names is not None else f"class {k}"
-            label = f"{name} ({k}): {scores[i, j]:.3f}\n{result.method}{where}"
-            out = args.out / f"{stem}_{result.method}_{k}.png"
-            save_overlay(out, shown[i], maps[i, j], label, alpha=args.alpha,
+            label = f"{name} ({k}): p={scores[i, j]:.3f}\n{result.method}{where} - {path}"
+            out = out_dir / f"{stem}_{k}.png"
+            save_overlay(out, result.images[i], maps[i, j], label, alpha=args.alpha,
                          colormap=args.colormap)
+            written.append(out)
             print(f"{path}: {name} ({k}) p={scores[i, j]:.3f} -> {out}")
         if args.save_maps:
-            np.save(args.out / f"{stem}_{result.method}.npy", result.maps[i])
+            written.append(save_npy(out_dir / f"{stem}.npy", result.maps[i]))
+            print(f"{path}: maps -> {written[-1]}")
+    print(f"wrote {len(written)} file(s) to {out_dir}")
     return 0
 
 
-def run_visualize(args) -> int:
-    import numpy as np
+def check_visualize_args(args) -> None:
+    import math
 
-    from ..checkpoint import load
-    from ..models import input_shape
-    from ..viz.overlays import save_grid
+    if args.steps <= 0:
+        raise ResNetJaxError(f"--steps {args.steps}: give a positive number of optimisation "
+                             "steps (e.g. 256)")
+    if args.size is not None and args.size <= 0:
+        raise ResNetJaxError(f"--size {args.size}: give a positive image side in pixels, or "
+                             "leave it out for the model's own size")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise ResNetJaxError(f"--lr {args.lr}: the learning rate must be a finite number "
+                             "above 0 (e.g. 0.05)")
+    for name in ("l1", "l2", "tv"):
+        v = getattr(args, name)
+        if not (math.isfinite(v) and v >= 0):
+            raise ResNetJaxError(f"--{name} {v}: a penalty weight must be a finite number "
+                                 ">= 0 (0 turns it off)")
+    if args.chunk < 0:
+        raise ResNetJaxError(f"--chunk {args.chunk}: give 0 (one compiled loop) or a positive "
+                             "number of steps per call")
+
+
+def visualize_target(args, model, shapes, names):
+    """(objective, labels, what, spatial units) for --class or --units of --layer."""
     from . import objectives as O
-    from .base import layer_shapes
-    from .maximize import check_objective, evaluate, maximize
 
-    model, variables = load(args.weights)
-    size = args.size
-    shape = input_shape(model, size)
-    shapes = layer_shapes(model, variables, shape)
     if args.classes is not None:
         units = parse_indices(args.classes, "classes")
         n = model.num_classes
@@ -194,45 +255,60 @@ def run_visualize(args) -> int:
                 f"class index {bad[0]} is out of range: the model has {n} classes "
                 f"(valid indices 0..{n - 1})"
             )
-        target = O.class_logit(units)
-        names = class_names_for(model, args.weights)
         labels = [f"{u}: {names[u]}" if names else f"class {u}" for u in units]
-        what = "class logits"
+        return O.class_logit(units), labels, "class logits", False
+    if args.layer is None:
+        raise ResNetJaxError(f"--units needs --layer; valid layer names: {', '.join(shapes)}")
+    if args.layer not in shapes:
+        raise ResNetJaxError(f"unknown layer {args.layer!r}; valid layer names: "
+                             f"{', '.join(shapes)}")
+    units = parse_indices(args.units, "units")
+    spatial = len(shapes[args.layer]) == 4
+    if spatial and not args.neuron:
+        target, kind = O.channel(args.layer, units), "channel"
     else:
-        if args.layer is None:
-            raise ResNetJaxError(
-                f"--units needs --layer; valid layer names: {', '.join(shapes)}"
-            )
-        if args.layer not in shapes:
-            raise ResNetJaxError(
-                f"unknown layer {args.layer!r}; valid layer names: {', '.join(shapes)}"
-            )
-        units = parse_indices(args.units, "units")
-        spatial = len(shapes[args.layer]) == 4
-        if spatial and not args.neuron:
-            target, kind = O.channel(args.layer, units), "channel"
-        else:
-            target, kind = O.neuron(args.layer, units), "neuron"
-        labels = [f"{kind} {u}" for u in units]
-        what = f"{args.layer} {kind}s"
+        target, kind = O.neuron(args.layer, units), "neuron"
+    return target, [f"{kind} {u}" for u in units], f"{args.layer} {kind}s", True
+
+
+def run_visualize(args) -> int:
+    import numpy as np
+
+    from ..viz.overlays import save_grid
+    from . import objectives as O
+    from .base import layer_shapes
+    from .inputs import load_model
+    from .maximize import _image_hw, check_objective, dead_units, evaluate, maximize
+
+    check_visualize_args(args)
+    m = load_model(args.weights)
+    model, variables, pre = m.model, m.variables, m.preprocess
+    hw = _image_hw(model, args.size, pre)
+    shapes = layer_shapes(model, variables, (1, *hw, int(model.in_channels)))
+    target, labels, what, units = visualize_target(args, model, shapes, m.class_names)
     objective = target
     penalties = []
     for lam, fn, name in ((args.l1, O.l1, "L1"), (args.l2, O.l2, "L2"), (args.tv, O.tv, "TV")):
         if lam:
             objective = objective - lam * fn()
             penalties.append(f"{name} {lam:g}")
-    check_objective(model, variables, objective, size)
+    check_objective(model, variables, objective, hw, pre)
     images = maximize(model, variables, objective, steps=args.steps, seed=args.seed, lr=args.lr,
-                      param=args.param, transforms=args.transforms, image_size=size,
-                      chunk=args.chunk or None)
-    values = evaluate(model, variables, target, images)
-    labels = [f"{lab}\n{v:.3g}" for lab, v in zip(labels, values)]
+                      param=args.param, transforms=args.transforms, image_size=hw,
+                      chunk=args.chunk or None, preprocess=pre)
+    values = evaluate(model, variables, target, images, preprocess=pre)
+    dead = (dead_units(model, variables, target, images, preprocess=pre) if units
+            else np.zeros(len(images), bool))
+    labels = [f"{lab}\n{'dead: never activates' if d else f'{v:.3g}'}"
+              for lab, v, d in zip(labels, values, dead)]
     title = f"{what} maximised ({args.steps} steps" + (
         f", {', '.join(penalties)})" if penalties else ")")
-    save_grid(args.out, images, labels, title=title)
-    ink = float(np.mean(images > 0.05))
+    save_grid(args.out, [None if d else im for im, d in zip(images, dead)], labels, title=title)
+    alive = images[~dead]
+    ink = float(np.mean(alive > 0.05)) if len(alive) else 0.0
+    extra = f", {int(dead.sum())} dead unit(s) marked" if dead.any() else ""
     print(f"wrote {len(images)} images to {args.out} (mean value {np.mean(values):.3g}, "
-          f"ink {ink:.1%})")
+          f"ink {ink:.1%}{extra})")
     return 0
 
 

@@ -47,45 +47,40 @@ def default_normalization(model):
     return None
 
 
-def _image_hw(model, image_size):
+def _image_hw(model, image_size, preprocess=None):
+    """The (H, W) to optimise: ``image_size``, else the stored preprocessing's, else the
+    model's usual size; an error when the model takes one size only and that differs."""
     from ..models import input_shape
 
+    sizes = None
+    if image_size is not None:
+        sizes = tuple(np.broadcast_to(np.asarray(image_size), 2).tolist())
+        if not all(float(s) == int(s) and int(s) > 0 for s in sizes):
+            raise ResNetJaxError(f"image size must be a positive whole number of pixels, "
+                                 f"got {image_size}")
+        sizes = tuple(int(s) for s in sizes)
     fixed = base.expected_hw(model)
+    if fixed is not None and preprocess is not None:
+        fixed = (preprocess.image_size, preprocess.image_size)
     if fixed is not None:
-        if image_size is not None and tuple(np.broadcast_to(image_size, 2)) != fixed:
-            raise ResNetJaxError(f"this model takes {fixed[0]}x{fixed[1]} images only")
-        return fixed
-    if image_size is None:
-        return tuple(input_shape(model)[1:3])
-    return tuple(int(s) for s in np.broadcast_to(image_size, 2))
+        if sizes is not None and sizes != tuple(fixed):
+            raise ResNetJaxError(
+                f"this model takes {fixed[0]}x{fixed[1]} images only (its dense layer is "
+                f"sized for them), got image size {image_size}; leave the size out or give "
+                f"{fixed[0]}")
+        return tuple(fixed)
+    if sizes is not None:
+        return sizes
+    if preprocess is not None:
+        return (preprocess.image_size, preprocess.image_size)
+    return tuple(input_shape(model)[1:3])
 
 
-def make_maximizer(model, objective: Objective, steps: int = 256, *, batch: int | None = None,
-                   image_size=None, param: str | Param | None = None,
-                   transforms: str | Sequence | None = "auto", lr: float = 0.05,
-                   optimizer: optax.GradientTransformation | None = None,
-                   redirect_relu_steps: int = 16, normalize="auto", chunk: int | None = None):
-    """The compiled program ``run(variables, key) -> (images, values)``.
+def _transforms(model, transforms, hw, shape, rgb_imagenet: bool):
+    """The composed random transforms; for a model that takes one size only, a final
+    resize brings what a padding transform enlarged back to that size."""
+    from .transforms import resize
 
-    ``images``: (B, H, W, C) in [0, 1]; ``values``: (steps, B) objective per step.
-    Call it again (new key, new variables of the same shapes) without recompiling.
-
-    By default all steps are one ``lax.scan`` in one program. The model is traced with
-    ``resnet_jax.models.loop_friendly_gradients()``: XLA:CPU compiles JAX's own
-    convolution gradients inside a loop body as naive loops (measured here: resnet50
-    steps ran 4-5x slower inside the scan than outside it). With ``chunk=k`` the program
-    runs k steps unrolled and is called ceil(steps / k) times instead (the state stays on
-    the device; same results), at the price of a longer compilation.
-    """
-    if not isinstance(objective, Objective):
-        raise ResNetJaxError(f"objective must be an Objective, got {type(objective).__name__}")
-    hw = _image_hw(model, image_size)
-    b = batch or objective.batch or 1
-    if objective.batch is not None and batch is not None and batch != objective.batch:
-        raise ResNetJaxError(f"the objective covers {objective.batch} images, batch={batch}")
-    c = int(getattr(model, "in_channels", 3))
-    rgb_imagenet = default_normalization(model) is not None
-    p = get_param(param if param is not None else ("fourier" if c == 3 else "box"))
     if isinstance(transforms, str):
         if transforms == "auto":
             transforms = (standard_transforms(224 if min(hw) < 224 else None)
@@ -97,10 +92,59 @@ def make_maximizer(model, objective: Objective, steps: int = 256, *, batch: int 
         else:
             raise ResNetJaxError(f"unknown transforms {transforms!r}; use 'auto', "
                                  "'standard', 'none' or a list")
-    tf = compose(transforms or [])
-    norm = default_normalization(model) if normalize == "auto" else normalize
-    opt = optimizer or optax.adam(lr)
+    transforms = list(transforms or [])
+    if transforms and base.expected_hw(model) is not None:
+        out = jax.eval_shape(compose(transforms), jax.random.key(0),
+                             jax.ShapeDtypeStruct(shape, jnp.float32)).shape
+        if tuple(out[1:3]) != tuple(hw):
+            transforms.append(resize(tuple(hw)))
+    return compose(transforms)
+
+
+def _normalization(model, normalize, preprocess):
+    if preprocess is None:
+        return default_normalization(model) if normalize == "auto" else normalize
+    if not (isinstance(normalize, str) and normalize == "auto"):
+        raise ResNetJaxError("give either preprocess= (which holds the normalisation) or "
+                             "normalize=, not both")
+    return tuple(preprocess.mean), tuple(preprocess.std)
+
+
+def make_maximizer(model, objective: Objective, steps: int = 256, *, batch: int | None = None,
+                   image_size=None, param: str | Param | None = None,
+                   transforms: str | Sequence | None = "auto", lr: float = 0.05,
+                   optimizer: optax.GradientTransformation | None = None,
+                   redirect_relu_steps: int = 16, normalize="auto", chunk: int | None = None,
+                   preprocess=None):
+    """The compiled program ``run(variables, key) -> (images, values)``.
+
+    ``images``: (B, H, W, C) in [0, 1]; ``values``: (steps, B) objective per step.
+    The images are pixels in [0, 1]; the model sees them normalised with ``preprocess``'s
+    mean and std (a ``Preprocessing``, e.g. ``load_model(dir).preprocess``; it also sets
+    the default size), else with ``normalize``, so an L1 prior pulls pixels towards 0, the
+    data's "no ink", whatever the model's normalisation.
+    Call it again (new key, new variables of the same shapes) without recompiling.
+
+    By default all steps are one ``lax.scan`` in one program. The model is traced with
+    ``resnet_jax.models.loop_friendly_gradients()``: XLA:CPU compiles JAX's own
+    convolution gradients inside a loop body as naive loops (measured here: resnet50
+    steps ran 4-5x slower inside the scan than outside it). With ``chunk=k`` the program
+    runs k steps unrolled and is called ceil(steps / k) times instead (the state stays on
+    the device; same results), at the price of a longer compilation.
+    """
+    if not isinstance(objective, Objective):
+        raise ResNetJaxError(f"objective must be an Objective, got {type(objective).__name__}")
+    hw = _image_hw(model, image_size, preprocess)
+    b = batch or objective.batch or 1
+    if objective.batch is not None and batch is not None and batch != objective.batch:
+        raise ResNetJaxError(f"the objective covers {objective.batch} images, batch={batch}")
+    c = int(getattr(model, "in_channels", 3))
+    rgb_imagenet = default_normalization(model) is not None
+    p = get_param(param if param is not None else ("fourier" if c == 3 else "box"))
     shape = (b, hw[0], hw[1], c)
+    tf = _transforms(model, transforms, hw, shape, rgb_imagenet)
+    norm = _normalization(model, normalize, preprocess)
+    opt = optimizer or optax.adam(lr)
     steps = int(steps)
     redirect = max(0, min(int(redirect_relu_steps), steps))
 
@@ -180,10 +224,10 @@ def make_maximizer(model, objective: Objective, steps: int = 256, *, batch: int 
     return run_chunked
 
 
-def check_objective(model, variables, objective: Objective, image_size=None):
+def check_objective(model, variables, objective: Objective, image_size=None, preprocess=None):
     """Raise a ResNetJaxError listing the valid names if the objective reads unknown ones,
     or a unit index out of range."""
-    hw = _image_hw(model, image_size)
+    hw = _image_hw(model, image_size, preprocess)
     shapes = base.layer_shapes(model, variables, (1, hw[0], hw[1], model.in_channels))
     objective.check(shapes)
 
@@ -197,20 +241,41 @@ def maximize(model, variables, objective: Objective, steps: int = 256, *, seed: 
     (default for grayscale: raw pixels in [0, 1]) or a ``Param``), ``transforms``
     ("auto": Lucent's standard set for ImageNet models, none otherwise; "standard";
     "none"; or a list), ``lr`` / ``optimizer`` (Adam 0.05), ``redirect_relu_steps`` (16),
-    ``normalize`` ("auto": ImageNet mean/std for ImageNet ResNets; None; or (mean, std)).
+    ``normalize`` ("auto": ImageNet mean/std for ImageNet ResNets; None; or (mean, std)),
+    ``preprocess`` (a ``Preprocessing``: its mean/std and size; replaces "auto").
     With ``return_values`` also returns the objective per step, (steps, B).
     """
-    check_objective(model, variables, objective, options.get("image_size"))
+    check_objective(model, variables, objective, options.get("image_size"),
+                    options.get("preprocess"))
     run = make_maximizer(model, objective, steps, **options)
     images, values = run(base.model_variables(variables), jax.random.key(seed))
     images = np.asarray(images)
     return (images, np.asarray(values)) if return_values else images
 
 
-def evaluate(model, variables, objective: Objective, images, normalize="auto") -> np.ndarray:
+def evaluate(model, variables, objective: Objective, images, normalize="auto",
+             preprocess=None) -> np.ndarray:
     """The objective of ``images`` (in [0, 1], no transforms): (B,)."""
     x = jnp.asarray(images, jnp.float32)
-    norm = default_normalization(model) if normalize == "auto" else normalize
+    norm = _normalization(model, normalize, preprocess)
     xin = x if norm is None else (x - jnp.asarray(norm[0])) / jnp.asarray(norm[1])
     _, acts = base.apply_with_taps(model, variables, xin)
     return np.asarray(objective(acts, x))
+
+
+def dead_units(model, variables, objective: Objective, images, normalize="auto",
+               preprocess=None) -> np.ndarray:
+    """(B,) bool: the units that ``images`` (in [0, 1]) leave switched off - objective <= 0
+    and no gradient reaching the image - so their maximised image is only the start noise."""
+    norm = _normalization(model, normalize, preprocess)
+    v = base.model_variables(variables)
+
+    def total(x):
+        xin = x if norm is None else (x - jnp.asarray(norm[0])) / jnp.asarray(norm[1])
+        _, acts = base.apply_with_taps(model, v, xin)
+        values = objective(acts, x)
+        return jnp.sum(values), values
+
+    g, values = jax.grad(total, has_aux=True)(jnp.asarray(images, jnp.float32))
+    flat = np.abs(np.asarray(g)).reshape(len(images), -1).max(axis=1)
+    return (np.asarray(values) <= 0) & (flat == 0)

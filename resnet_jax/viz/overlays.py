@@ -1,26 +1,35 @@
-"""Pictures of explanations: heat-map overlays and labelled image grids, written as PNG.
+"""Pictures of explanations: heat-map figures and labelled image grids, written as PNG.
 
     overlay(image, cam, alpha=0.5, colormap="jet")          -> uint8 (H, W, 3)
     save_overlay("cat.png", image, cam, label="tabby (281): 0.83")
+    save_cam_figure("two.png", image, [cam_a, cam_b], ["bighorn: 0.61", "ram: 0.22"])
     save_grid("filters.png", images, labels=[f"#{k}" for k in range(16)], title="conv2")
 
 Images are float in [0, 1] (HW, HWC with 1 or 3 channels) or uint8; maps are in [0, 1].
-Colour maps are matplotlib's; text is drawn with Pillow.
+Layout rules: captions sit in their own strips above or below the pictures, never on
+them, and wrap to the width they have; small images are enlarged with nearest-neighbour
+so each pixel stays a sharp square; a figure with heat maps has one colour bar. Files
+are written to a temporary sibling and renamed into place, so no partial PNG is left.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+FONT_SIZE = 13
+MIN_SIDE = 112  # pictures smaller than this are enlarged by a whole factor
+BAR_WIDTH = 14
 
 
 def to_uint8_rgb(image) -> np.ndarray:
     """HW / HWC (1, 3 or 4 channels), float [0, 1] or uint8 -> uint8 (H, W, 3)."""
     a = np.asarray(image)
     if a.dtype != np.uint8:
-        a = (np.clip(a.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        a = (np.clip(np.nan_to_num(a.astype(np.float32)), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     if a.ndim == 2:
         a = a[..., None]
     if a.shape[-1] == 1:
@@ -30,10 +39,20 @@ def to_uint8_rgb(image) -> np.ndarray:
 
 def colorize(cam, colormap: str = "jet") -> np.ndarray:
     """A [0, 1] map as float RGB (H, W, 3) through a matplotlib colour map."""
+    cmap = get_colormap(colormap)
+    return cmap(np.clip(np.asarray(cam, np.float32), 0.0, 1.0))[..., :3].astype(np.float32)
+
+
+def get_colormap(name: str):
+    """matplotlib's colour map ``name``, or a ValueError listing some valid ones."""
     from matplotlib import colormaps
 
-    cmap = colormaps[colormap]
-    return cmap(np.clip(np.asarray(cam, np.float32), 0.0, 1.0))[..., :3].astype(np.float32)
+    try:
+        return colormaps[name]
+    except KeyError:
+        common = "jet, viridis, inferno, magma, plasma, turbo, hot, gray"
+        raise ValueError(f"unknown colour map {name!r}; use a matplotlib colour map such as "
+                         f"{common}") from None
 
 
 def overlay(image, cam, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
@@ -44,17 +63,20 @@ def overlay(image, cam, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     img = to_uint8_rgb(image).astype(np.float32) / 255.0
-    cam = np.asarray(cam, np.float32)
-    if cam.shape != img.shape[:2]:
-        from PIL import Image
-
-        cam = np.asarray(Image.fromarray(cam, mode="F").resize(
-            (img.shape[1], img.shape[0]), Image.BILINEAR))
-    out = (1.0 - alpha) * img + alpha * colorize(cam, colormap)
+    out = (1.0 - alpha) * img + alpha * colorize(_fit_map(cam, img.shape[:2]), colormap)
     return to_uint8_rgb(out)
 
 
-def _font(size: int):
+def _fit_map(cam, hw) -> np.ndarray:
+    cam = np.asarray(cam, np.float32)
+    if cam.shape != tuple(hw):
+        from PIL import Image
+
+        cam = np.asarray(Image.fromarray(cam, mode="F").resize((hw[1], hw[0]), Image.BILINEAR))
+    return cam
+
+
+def _font(size: int = FONT_SIZE):
     from PIL import ImageFont
 
     try:
@@ -63,88 +85,233 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def _with_caption(img: np.ndarray, text: str | None, height: int | None = None):
-    """Stack a white caption strip with ``text`` above an RGB uint8 image."""
+def enlarge(img: np.ndarray, scale: int | None = None, min_side: int = MIN_SIDE) -> np.ndarray:
+    """Nearest-neighbour enlargement by a whole factor (default: to at least ``min_side``)."""
+    from PIL import Image
+
+    scale = scale or max(1, -(-min_side // max(img.shape[:2])))
+    if scale <= 1:
+        return img
+    return np.asarray(Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale),
+                                                  Image.NEAREST))
+
+
+def wrap(text: str | None, width: int, font=None) -> list[str]:
+    """``text`` broken into lines that fit ``width`` pixels (words, else characters)."""
+    if not text:
+        return []
+    font = font or _font()
+    out: list[str] = []
+    for para in str(text).split("\n"):
+        line = ""
+        for word in para.split(" "):
+            cand = f"{line} {word}" if line else word
+            if font.getlength(cand) <= width:
+                line = cand
+                continue
+            if line:
+                out.append(line)
+            while font.getlength(word) > width and len(word) > 1:
+                k = max(1, max(i for i in range(1, len(word) + 1)
+                               if font.getlength(word[:i]) <= width or i == 1))
+                out.append(word[:k])
+                word = word[k:]
+            line = word
+        out.append(line)
+    return out
+
+
+def caption_strip(text: str | None, width: int, lines: int | None = None, font=None,
+                  align: str = "center") -> np.ndarray:
+    """A white strip ``width`` wide holding ``text`` wrapped to fit (``lines`` fixes the
+    number of text lines, so the strips of one row line up)."""
     from PIL import Image, ImageDraw
 
-    if not text:
-        return img
-    lines = str(text).split("\n")
-    fs = max(10, min(16, img.shape[1] // max(8, max(len(s) for s in lines) // 2 + 1)))
-    h = height or (fs + 4) * len(lines) + 4
-    canvas = Image.new("RGB", (img.shape[1], img.shape[0] + h), "white")
-    canvas.paste(Image.fromarray(img), (0, h))
+    font = font or _font()
+    rows = wrap(text, max(8, width - 4), font)
+    n = max(len(rows), lines or 0)
+    line_h = int(getattr(font, "size", FONT_SIZE)) + 4
+    canvas = Image.new("RGB", (width, n * line_h + (4 if n else 0)), "white")
     draw = ImageDraw.Draw(canvas)
-    for i, line in enumerate(lines):
-        draw.text((3, 2 + i * (fs + 4)), line, fill="black", font=_font(fs))
+    for i, row in enumerate(rows):
+        x = (width - font.getlength(row)) / 2 if align == "center" else 2
+        draw.text((max(0, x), 2 + i * line_h), row, fill="black", font=font)
     return np.asarray(canvas)
+
+
+def caption_lines(texts: Sequence[str | None], width: int, font=None) -> int:
+    return max([len(wrap(t, max(8, width - 4), font)) for t in texts] + [0])
+
+
+def _stack(rows: Sequence[np.ndarray], pad: int = 0) -> np.ndarray:
+    """Centre ``rows`` (uint8 RGB) one under another on white."""
+    w = max(r.shape[1] for r in rows)
+    h = sum(r.shape[0] for r in rows) + pad * (len(rows) - 1)
+    out = np.full((h, w, 3), 255, np.uint8)
+    y = 0
+    for r in rows:
+        x = (w - r.shape[1]) // 2
+        out[y:y + r.shape[0], x:x + r.shape[1]] = r
+        y += r.shape[0] + pad
+    return out
+
+
+def _side_by_side(cells: Sequence[np.ndarray], pad: int = 6) -> np.ndarray:
+    h = max(c.shape[0] for c in cells)
+    w = sum(c.shape[1] for c in cells) + pad * (len(cells) - 1)
+    out = np.full((h, w, 3), 255, np.uint8)
+    x = 0
+    for c in cells:
+        out[:c.shape[0], x:x + c.shape[1]] = c
+        x += c.shape[1] + pad
+    return out
+
+
+def colorbar(height: int, colormap: str = "jet", font=None) -> np.ndarray:
+    """A vertical colour bar (1 at the top, 0 at the bottom) with tick labels."""
+    from PIL import Image, ImageDraw
+
+    font = font or _font()
+    ramp = np.linspace(1.0, 0.0, max(2, height))[:, None].repeat(BAR_WIDTH, axis=1)
+    bar = to_uint8_rgb(colorize(ramp, colormap))
+    label_w = int(font.getlength("0.5")) + 6
+    canvas = Image.new("RGB", (BAR_WIDTH + label_w, bar.shape[0] + FONT_SIZE), "white")
+    off = FONT_SIZE // 2
+    canvas.paste(Image.fromarray(bar), (0, off))
+    draw = ImageDraw.Draw(canvas)
+    for v in (1.0, 0.5, 0.0):
+        y = off + int(round((1.0 - v) * (bar.shape[0] - 1)))
+        draw.line([(BAR_WIDTH, y), (BAR_WIDTH + 2, y)], fill="black")
+        draw.text((BAR_WIDTH + 4, y - off), f"{v:g}", fill="black", font=font)
+    return np.asarray(canvas)
+
+
+def cam_figure(image, cams: Sequence, labels: Sequence[str | None] | None = None,
+               title: str | None = None, alpha: float = 0.5, colormap: str = "jet",
+               show_map: bool = True, scale: int | None = None) -> np.ndarray:
+    """One row: the image, then for each map the map itself (if ``show_map``) and its
+    overlay, a caption under each, ``title`` above, one colour bar at the right."""
+    img = enlarge(to_uint8_rgb(image), scale)
+    hw = img.shape[:2]
+    labels = list(labels) if labels is not None else [None] * len(cams)
+    if len(labels) != len(cams):
+        raise ValueError(f"{len(labels)} labels for {len(cams)} maps")
+    pictures, captions = [img], ["input"]
+    for cam, lab in zip(cams, labels):
+        cam = _fit_map(cam, hw)
+        if show_map:
+            pictures.append(to_uint8_rgb(colorize(cam, colormap)))
+            captions.append(f"map: {lab}" if lab else "map")
+        pictures.append(overlay(img, cam, alpha, colormap))
+        captions.append(lab or "overlay")
+    n = caption_lines(captions, hw[1])
+    cells = [_stack([p, caption_strip(c, hw[1], n)]) for p, c in zip(pictures, captions)]
+    cells.append(_stack([colorbar(hw[0], colormap),
+                         np.full((cells[0].shape[0] - hw[0] - FONT_SIZE, 1, 3), 255, np.uint8)]))
+    row = _side_by_side(cells)
+    if title:
+        row = _stack([caption_strip(title, row.shape[1]), row])
+    return _border(row)
+
+
+def _border(img: np.ndarray, pad: int = 6) -> np.ndarray:
+    return np.pad(img, ((pad, pad), (pad, pad), (0, 0)), constant_values=255)
 
 
 def save_overlay(path, image, cam, label: str | None = None, alpha: float = 0.5,
                  colormap: str = "jet", scale: int | None = None) -> Path:
-    """Write the overlay of ``cam`` on ``image`` as a PNG, with ``label`` above it
-    (e.g. the class name and score). Small images are enlarged ``scale`` times."""
-    from PIL import Image
+    """Write the input, the map and their overlay side by side with ``label`` (e.g. the
+    class name and score) above and a colour bar. Small images are enlarged."""
+    return write_png(path, cam_figure(image, [cam], [None], title=label, alpha=alpha,
+                                      colormap=colormap, scale=scale))
 
-    img = overlay(image, cam, alpha, colormap)
-    scale = scale or max(1, 224 // max(img.shape[:2]))
-    if scale > 1:
-        img = np.asarray(Image.fromarray(img).resize(
-            (img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(_with_caption(img, label)).save(path)
-    return path
+
+def save_cam_figure(path, image, cams: Sequence, labels: Sequence[str | None] | None = None,
+                    title: str | None = None, **options) -> Path:
+    """Write ``cam_figure(...)`` as a PNG."""
+    return write_png(path, cam_figure(image, cams, labels, title, **options))
+
+
+def dead_tile(h: int, w: int) -> np.ndarray:
+    """A flat grey tile crossed out: a unit with nothing to show."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("RGB", (w, h), (225, 225, 225))
+    draw = ImageDraw.Draw(canvas)
+    draw.line([(0, 0), (w - 1, h - 1)], fill=(160, 160, 160), width=2)
+    draw.line([(0, h - 1), (w - 1, 0)], fill=(160, 160, 160), width=2)
+    return np.asarray(canvas)
 
 
 def image_grid(images: Sequence, labels: Sequence[str] | None = None, ncols: int | None = None,
-               title: str | None = None, scale: int | None = None, pad: int = 4) -> np.ndarray:
-    """A labelled grid of images as uint8 (H, W, 3); small images are enlarged ``scale``
-    times with nearest-neighbour so single pixels stay visible."""
-    from PIL import Image
-
-    tiles = [to_uint8_rgb(i) for i in images]
-    if not tiles:
+               title: str | None = None, scale: int | None = None, pad: int = 6) -> np.ndarray:
+    """A labelled grid as uint8 (H, W, 3): captions under the tiles, ``title`` above,
+    wrapped to the grid's width. Small images are enlarged ``scale`` times with
+    nearest-neighbour so single pixels stay visible. A ``None`` image is a dead tile."""
+    if len(images) == 0:
         raise ValueError("no images for the grid")
-    h = max(t.shape[0] for t in tiles)
-    w = max(t.shape[1] for t in tiles)
-    scale = scale or max(1, 96 // max(h, w))
-    if scale > 1:
-        tiles = [np.asarray(Image.fromarray(t).resize((t.shape[1] * scale, t.shape[0] * scale),
-                                                      Image.NEAREST)) for t in tiles]
-        h, w = h * scale, w * scale
+    real = [to_uint8_rgb(i) for i in images if i is not None]
+    if not real:
+        raise ValueError("every image of the grid is None")
+    h = max(t.shape[0] for t in real)
+    w = max(t.shape[1] for t in real)
+    scale = scale or max(1, -(-MIN_SIDE // max(h, w)))
+    tiles = [dead_tile(h * scale, w * scale) if i is None else enlarge(to_uint8_rgb(i), scale)
+             for i in images]
+    h, w = h * scale, w * scale
     labels = list(labels) if labels is not None else [None] * len(tiles)
     if len(labels) != len(tiles):
         raise ValueError(f"{len(labels)} labels for {len(tiles)} images")
-    cap = 18 if any(labels) else 0
     ncols = ncols or int(np.ceil(np.sqrt(len(tiles))))
     nrows = int(np.ceil(len(tiles) / ncols))
-    cell_h, cell_w = h + cap + pad, w + pad
-    top = 24 if title else 0
-    grid = np.full((top + nrows * cell_h + pad, ncols * cell_w + pad, 3), 255, np.uint8)
-    for i, (tile, lab) in enumerate(zip(tiles, labels)):
+    lines = caption_lines(labels, w)
+    cells = [_stack([t, caption_strip(lab, w, lines)]) if lines else t
+             for t, lab in zip(tiles, labels)]
+    cell_h = max(c.shape[0] for c in cells)
+    grid = np.full((nrows * (cell_h + pad) + pad, ncols * (w + pad) + pad, 3), 255, np.uint8)
+    for i, cell in enumerate(cells):
         r, c = divmod(i, ncols)
-        cell = _with_caption(tile, lab, cap) if cap else tile
-        y0, x0 = top + pad + r * cell_h, pad + c * cell_w
+        y0, x0 = pad + r * (cell_h + pad), pad + c * (w + pad)
         grid[y0:y0 + cell.shape[0], x0:x0 + cell.shape[1]] = cell
     if title:
-        from PIL import ImageDraw
-
-        canvas = Image.fromarray(grid)
-        ImageDraw.Draw(canvas).text((pad, 4), title, fill="black", font=_font(16))
-        grid = np.asarray(canvas)
+        grid = _stack([caption_strip(title, max(grid.shape[1], 160)), grid])
     return grid
 
 
 def save_grid(path, images: Sequence, labels: Sequence[str] | None = None,
               ncols: int | None = None, title: str | None = None, scale: int | None = None) -> Path:
     """Write ``image_grid(...)`` as a PNG."""
+    return write_png(path, image_grid(images, labels, ncols, title, scale))
+
+
+def write_png(path, pixels: np.ndarray) -> Path:
+    """Write uint8 RGB ``pixels`` to ``path`` through a temporary sibling and a rename, so
+    an interrupted or failed write leaves no partial file. The parent folder must exist;
+    failures raise OSError naming ``path``."""
+    import errno
+
     from PIL import Image
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image_grid(images, labels, ncols, title, scale)).save(path)
+    parent = path.parent
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory; give a .png file name", str(path))
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise FileNotFoundError(errno.ENOENT, f"the folder {parent} {what}", str(path))
+    tmp = parent / f".{path.name}.{os.getpid()}.partial"
+    try:
+        Image.fromarray(np.ascontiguousarray(pixels)).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
-__all__ = ["colorize", "image_grid", "overlay", "save_grid", "save_overlay", "to_uint8_rgb"]
+__all__ = ["cam_figure", "caption_strip", "colorbar", "colorize", "dead_tile", "enlarge",
+           "get_colormap", "image_grid", "overlay", "save_cam_figure", "save_grid",
+           "save_overlay", "to_uint8_rgb", "wrap", "write_png"]

@@ -1,0 +1,74 @@
+"""The one image reader: every command and the training loader decode files through it.
+
+``read_image(path, channels)`` gives uint8 HWC with 1 or 3 channels. Transparency is
+composited onto white (as a viewer shows it); 16-bit and float images (``I;16``, ``I``,
+``F``) are scaled so their maximum becomes 255. A file that is missing, damaged, not an
+image or larger than PIL's decompression-bomb limit raises ``ImageError``, one line
+naming the file.
+
+Nothing here imports jax.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ResNetJaxError
+
+IMAGE_FORMATS = "JPEG, PNG, BMP, GIF, TIFF, WebP, PPM or PGM"
+
+
+class ImageError(ResNetJaxError):
+    """An image file that cannot be read."""
+
+
+def read_image(path, channels: int) -> np.ndarray:
+    """Decode an image file to uint8 HWC; grayscale, palette, RGBA, 16-bit and float
+    images are converted to ``channels`` (1 or 3)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        what = "is a directory, not an image file" if path.is_dir() else "does not exist"
+        raise ImageError(f"image {path} {what}")
+    try:
+        with warnings.catch_warnings():
+            # PIL warns between MAX_IMAGE_PIXELS and twice that; refuse both alike.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                im = _convert(im, channels)
+                arr = np.asarray(im, np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(
+            f"cannot read image {path}: it is larger than the {Image.MAX_IMAGE_PIXELS} pixels "
+            f"PIL accepts (a possible decompression bomb; {e})"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(
+            f"cannot read image {path}: it is truncated or not an image file "
+            f"(expected a {IMAGE_FORMATS}; {type(e).__name__}: {e})"
+        ) from None
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _convert(im, channels: int):
+    """A PIL image in mode "L" (channels 1) or "RGB" (otherwise)."""
+    from PIL import Image
+
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        # Composite transparency onto white, as a viewer shows it, rather than dropping alpha.
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, im)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im, np.float64)
+        hi = arr.max() or 1.0
+        im = Image.fromarray(np.clip(arr * (255.0 / hi), 0, 255).round().astype(np.uint8))
+    return im.convert("L" if channels == 1 else "RGB")
+
+
+__all__ = ["IMAGE_FORMATS", "ImageError", "read_image"]
