@@ -1,0 +1,137 @@
+"""Replay the reliability attack: bad inputs to every command, signals, concurrent runs.
+
+    python -m benchmarks.attack [--only PATTERN] [--jobs N] [--out report.json]
+                                [--fixtures DIR] [--list]
+
+Fixtures (a tiny trained run, a converted random resnet18, unusual and broken images,
+malicious pickles, damaged weights and data folders) are made once in a temp dir, or
+reused from ``--fixtures DIR``. Each case runs as a subprocess with every cache and home
+inside that dir, and is classified as one of: clear error, handled correctly, traceback,
+silently wrong, code executed, data lost (see ``benchmarks/attack_cases/core.py``).
+Prints one line per case and the counts; writes the details as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+from benchmarks.attack_cases import (
+    cases_convert,
+    cases_coord,
+    cases_explain,
+    cases_models,
+    cases_signals,
+    cases_train,
+    fixtures,
+)
+from benchmarks.attack_cases.core import GOOD, OUTCOMES, run_case
+
+TABLES = (cases_train, cases_models, cases_convert, cases_explain, cases_signals, cases_coord)
+
+
+def all_cases() -> list:
+    cases = [c for table in TABLES for c in table.cases()]
+    names = collections.Counter(c.name for c in cases)
+    dup = [n for n, k in names.items() if k > 1]
+    if dup:
+        raise SystemExit(f"duplicate case names: {dup}")
+    return cases
+
+
+def prepare(fixtures_dir: str | None) -> tuple[dict, dict, Path, bool]:
+    """(fixtures, env, root, made_here): reuses ``fixtures_dir`` when it was built before."""
+    if fixtures_dir:
+        root = Path(fixtures_dir).absolute()
+        stamp = root / "fixtures.json"
+        if stamp.exists():
+            fx = json.loads(stamp.read_text())
+            return fx, fixtures.environment(root), root, False
+    else:
+        root = Path(tempfile.mkdtemp(prefix="resnet-jax-attack-"))
+    print(f"making fixtures in {root} ...", file=sys.stderr, flush=True)
+    start = time.monotonic()
+    fx, env = fixtures.build(root)
+    (root / "fixtures.json").write_text(json.dumps(fx, indent=1))
+    print(f"fixtures ready in {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
+    return fx, env, root, fixtures_dir is None
+
+
+def run_all(cases, fx, env, scratch: Path, jobs: int) -> list[dict]:
+    results = []
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        futures = {pool.submit(run_case, c, fx, env, scratch): c for c in cases}
+        for fut in as_completed(futures):
+            r = fut.result()
+            results.append(r)
+            flag = "" if not r["unexpected"] else "  <--"
+            print(f"[{len(results):3d}/{len(cases)}] {r['outcome']:<17} {r['name']}{flag}",
+                  file=sys.stderr, flush=True)
+    order = {c.name: i for i, c in enumerate(cases)}
+    return sorted(results, key=lambda r: order[r["name"]])
+
+
+def report(results: list[dict]) -> str:
+    width = max([len(r["name"]) for r in results] + [10])
+    lines = [f"{'case':<{width}}  {'outcome':<17}  reason", "-" * (width + 60)]
+    for r in results:
+        lines.append(f"{r['name']:<{width}}  {r['outcome']:<17}  {r['reason'][:150]}")
+    counts = collections.Counter(r["outcome"] for r in results)
+    lines += ["", f"{len(results)} cases:"]
+    for outcome in (*OUTCOMES, "harness error"):
+        if counts.get(outcome) or outcome in OUTCOMES:
+            lines.append(f"  {outcome:<17} {counts.get(outcome, 0)}")
+    bad = [r for r in results if r["unexpected"]]
+    if bad:
+        lines += ["", f"{len(bad)} remaining (not a clear error or handled as expected):"]
+        for r in bad:
+            lines.append(f"  [{r['outcome']}] {r['name']} ({r['owner']}): {r['reason'][:200]}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.attack", description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", help="run only cases whose name matches this regular expression")
+    p.add_argument("--jobs", type=int, default=2, help="cases run in parallel (default 2)")
+    p.add_argument("--out", default="attack_report.json", help="JSON report path")
+    p.add_argument("--fixtures", help="make (or reuse) the fixtures in this directory")
+    p.add_argument("--list", action="store_true", help="list the cases and exit")
+    args = p.parse_args(argv)
+    cases = all_cases()
+    if args.only:
+        cases = [c for c in cases if re.search(args.only, c.name)]
+    if args.list:
+        print("\n".join(f"{c.expect:<5} {c.name}  [{c.owner}]" for c in cases))
+        print(f"{len(cases)} cases", file=sys.stderr)
+        return 0
+    fx, env, root, made_here = prepare(args.fixtures)
+    scratch = Path(tempfile.mkdtemp(prefix="cases-", dir=root))
+    start = time.monotonic()
+    try:
+        results = run_all(cases, fx, env, scratch, args.jobs)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if made_here:
+            (root / "readonly").chmod(0o755)
+            shutil.rmtree(root, ignore_errors=True)
+    text = report(results)
+    print(text)
+    counts = collections.Counter(r["outcome"] for r in results)
+    Path(args.out).write_text(json.dumps({
+        "counts": {k: counts.get(k, 0) for k in OUTCOMES} | {"harness error": counts.get("harness error", 0)},
+        "cases": results, "seconds": round(time.monotonic() - start),
+    }, indent=1))
+    print(f"\nreport: {args.out} ({time.monotonic() - start:.0f} s)")
+    return 0 if all(r["outcome"] in GOOD and not r["unexpected"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

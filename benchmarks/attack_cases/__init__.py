@@ -1,0 +1,1 @@
+"""Case tables and fixtures of ``python -m benchmarks.attack``."""

@@ -1,0 +1,98 @@
+"""Per-case preparation: copies of fixtures in the case's scratch dir, then damage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+
+def copy(key: str, name: str | None = None):
+    """Copy fixture ``key`` into the scratch dir (as ``name``) so the case may change it."""
+    def setup(ctx):
+        src = Path(ctx.fx[key])
+        dst = ctx.work / (name or src.name)
+        if src.is_dir():
+            shutil.copytree(src, dst, symlinks=True)
+        else:
+            shutil.copy(src, dst)
+    return setup
+
+
+def chain(*steps):
+    def setup(ctx):
+        for step in steps:
+            step(ctx)
+    return setup
+
+
+def unrelated(name: str = "important"):
+    """A folder of someone's unrelated files."""
+    def setup(ctx):
+        d = ctx.work / name
+        (d / "notes").mkdir(parents=True)
+        (d / "thesis.tex").write_text("\\section{Results}\n")
+        (d / "notes" / "todo.txt").write_text("backup everything\n")
+    return setup
+
+
+def a_file(name: str = "file.txt", text: str = "precious\n"):
+    def setup(ctx):
+        (ctx.work / name).write_text(text)
+    return setup
+
+
+def symlink(name: str, target: str):
+    """``name`` in the scratch dir pointing at ``target`` (e.g. /dev/full)."""
+    def setup(ctx):
+        (ctx.work / name).symlink_to(target)
+    return setup
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def _config_file(step: Path) -> Path:
+    return step / "config" / "metadata"
+
+
+def _edit_config(step: Path, **changes) -> None:
+    cfg = json.loads(_config_file(step).read_text())
+    cfg.update(changes)
+    _config_file(step).write_text(json.dumps(cfg))
+
+
+def _truncate(folder: Path) -> None:
+    for p in _files(folder):
+        data = p.read_bytes()
+        p.write_bytes(data[: len(data) // 2])
+
+
+def _bitflip(folder: Path) -> None:
+    biggest = max(_files(folder), key=lambda p: p.stat().st_size)
+    data = bytearray(biggest.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 8):
+        data[i] ^= 0x10
+    biggest.write_bytes(bytes(data))
+
+
+DAMAGES = {
+    "invalid JSON config": lambda s: _config_file(s).write_text('{"module": "ResNet", '),
+    "deleted variables item": lambda s: shutil.rmtree(s / "variables"),
+    "deleted config item": lambda s: shutil.rmtree(s / "config"),
+    "edited widths": lambda s: _edit_config(s, stage_widths=[32, 64, 128, 256]),
+    "truncated variables": lambda s: _truncate(s / "variables"),
+    "bit-flipped variables": lambda s: _bitflip(s / "variables"),
+    "emptied variables files": lambda s: [p.write_bytes(b"") for p in _files(s / "variables")],
+    "unknown arch in config": lambda s: _edit_config(s, arch="resnet9000", module="NoSuchNet"),
+}
+
+
+def damaged_run(damage: str, steps=(2,)):
+    """A copy of the tiny run at ``{work}/run`` with ``damage`` done to the given steps."""
+    def setup(ctx):
+        copy("run")(ctx)
+        for step in steps:
+            DAMAGES[damage](ctx.work / "run" / str(step))
+    return setup
