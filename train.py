@@ -6,7 +6,10 @@ With no arguments it trains the course's ResNet on scikit-learn's handwritten di
 
 import sys
 
-from resnet_jax.cli import run
-
 if __name__ == "__main__":
+    try:  # Ctrl-C while jax loads: one line and status 130, no traceback
+        from resnet_jax.cli import run
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     sys.exit(run(["train", *sys.argv[1:]]))

@@ -1,31 +1,68 @@
 """Saving and loading a model with its variables: orbax-checkpoint plus the model's config.
 
 A model directory is an orbax composite checkpoint with two items:
-``variables`` (``{'params', 'batch_stats'}``, a StandardSave pytree) and ``config``
-(JSON: the module's fields from ``model_config`` and, where known, the arch name).
+``variables`` (``{'params', 'batch_stats'}``, a StandardSave pytree; a model without
+BatchNorm has no ``batch_stats``) and ``config`` (JSON: the module's fields from
+``model_config``, where known the arch name, and the SHA-256 of the variables).
 A training run's checkpoint steps carry the same two items beside their own, so
-``load`` reads a model directory, one step of a run, or a run's root (its latest step).
+``load`` reads a model directory, one step of a run, or a run's root (its newest intact
+step: a damaged newer one is skipped with a warning that names it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
+import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
+import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
+import numpy as np
 
 from .errors import ResNetJaxError
 from .models import abstract_variables, model_config, model_from_config
 
 VARIABLES_ITEM = "variables"
 CONFIG_ITEM = "config"
+CONFIG_FILE = "metadata"  # the file orbax's JsonSave writes inside an item's folder
+CHECKSUM_KEY = "variables_sha256"
+COLLECTIONS = ("params", "batch_stats")
 
 
 class CheckpointError(ResNetJaxError):
     """A directory that is not a readable resnet-jax model checkpoint."""
+
+
+class Loaded(NamedTuple):
+    path: Path  # the checkpoint actually read (a step folder for a run)
+    model: nn.Module
+    variables: dict
+    config: dict
+
+
+def model_variables(variables) -> dict:
+    """The collections a checkpoint stores; empty ones (no BatchNorm: no statistics) left out."""
+    return {k: variables[k] for k in COLLECTIONS if k in variables and jax.tree_util.tree_leaves(variables[k])}
+
+
+def tree_checksum(tree) -> str:
+    """SHA-256 over every leaf's path, dtype, shape and bytes (host copies), in path order."""
+    h = hashlib.sha256()
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}\n".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def save_args(model: nn.Module, variables, arch: str | None = None, **extra_config):
@@ -36,7 +73,8 @@ def save_args(model: nn.Module, variables, arch: str | None = None, **extra_conf
     if arch is not None:
         config["arch"] = arch
     config.update(extra_config)
-    variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
+    variables = model_variables(variables)
+    config[CHECKSUM_KEY] = tree_checksum(variables)
     return {
         VARIABLES_ITEM: ocp.args.StandardSave(variables),
         CONFIG_ITEM: ocp.args.JsonSave(config),
@@ -59,8 +97,14 @@ def save(directory, model: nn.Module, variables, *, arch: str | None = None,
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         target = staging / "checkpoint"
-        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-            ckptr.save(target, args=ocp.args.Composite(**save_args(model, variables, arch)))
+        try:
+            with interrupts_deferred(), ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+                ckptr.save(target, args=ocp.args.Composite(**save_args(model, variables, arch)))
+        except Exception as e:
+            err = as_os_error(e, directory)
+            if err is None or err is e:
+                raise
+            raise err from e
         if directory.exists():
             old = staging / "previous"
             os.replace(directory, old)
@@ -74,6 +118,26 @@ def _is_checkpoint(path: Path) -> bool:
     return (path / CONFIG_ITEM).is_dir() and (path / VARIABLES_ITEM).is_dir()
 
 
+def _looks_like_step(path: Path) -> bool:
+    """A checkpoint folder, complete or not (an item may have been deleted)."""
+    return any((path / name).exists() for name in
+               (CONFIG_ITEM, VARIABLES_ITEM, "_CHECKPOINT_METADATA", "commit_success.txt"))
+
+
+def _steps(directory: Path) -> list[Path]:
+    """Numbered step folders, newest first."""
+    return [p for _, p in sorted(((int(p.name), p) for p in directory.iterdir()
+                                  if p.name.isdigit() and p.is_dir()), reverse=True)]
+
+
+def _no_checkpoint(directory: Path) -> CheckpointError:
+    return CheckpointError(
+        f"{directory} holds no resnet-jax checkpoint: expected '{CONFIG_ITEM}/' and "
+        f"'{VARIABLES_ITEM}/' inside it (as written by resnet_jax.save or training), "
+        "or numbered step folders that hold them"
+    )
+
+
 def resolve(directory) -> Path:
     """The checkpoint inside ``directory``: itself, or the latest numbered step under it."""
     directory = Path(directory).absolute()
@@ -81,55 +145,134 @@ def resolve(directory) -> Path:
         raise CheckpointError(f"{directory} is not a directory holding a saved model")
     if _is_checkpoint(directory):
         return directory
-    steps = sorted(
-        (int(p.name), p) for p in directory.iterdir()
-        if p.name.isdigit() and _is_checkpoint(p)
-    )
-    if steps:
-        return steps[-1][1]
-    raise CheckpointError(
-        f"{directory} holds no resnet-jax checkpoint: expected '{CONFIG_ITEM}/' and "
-        f"'{VARIABLES_ITEM}/' inside it (as written by resnet_jax.save or training), "
-        "or numbered step folders that hold them"
-    )
+    for p in _steps(directory):
+        if _is_checkpoint(p):
+            return p
+    raise _no_checkpoint(directory)
 
 
-def _restore_config(ckptr, path: Path) -> dict:
-    import orbax.checkpoint as ocp
-
-    out = ckptr.restore(path, args=ocp.args.Composite(**{CONFIG_ITEM: ocp.args.JsonRestore()}))
-    return dict(out[CONFIG_ITEM])
+def read_config(path: Path) -> dict:
+    """The config item of the checkpoint at ``path``, or a one-line error naming the file."""
+    file = Path(path) / CONFIG_ITEM / CONFIG_FILE
+    if not (Path(path) / CONFIG_ITEM).is_dir():
+        raise CheckpointError(f"{path}: the '{CONFIG_ITEM}/' item is missing; the checkpoint is incomplete")
+    try:
+        config = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{file} is missing; the checkpoint's config is incomplete") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file} is not valid JSON ({e}); the config was damaged or edited") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{file} holds a JSON {type(config).__name__}, expected an object")
+    return config
 
 
 def load_config(directory) -> dict:
     """The JSON config saved beside the variables."""
+    return read_config(resolve(directory))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _model_from(config: dict, path: Path):
+    file = path / CONFIG_ITEM / CONFIG_FILE
+    try:
+        model = model_from_config(config)
+        return model, abstract_variables(model)
+    except Exception as e:  # an edited field: unknown module, bad width, wrong type
+        raise CheckpointError(f"{file} describes no buildable model ({_first_line(e)}); "
+                              "the config was damaged or edited") from None
+
+
+def _restore_target(path: Path, abstract: dict, config: dict) -> dict:
+    """``abstract`` checked against the shapes stored in ``path/variables``, on one device."""
     import orbax.checkpoint as ocp
 
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        return _restore_config(ckptr, resolve(directory))
+    item = path / VARIABLES_ITEM
+    if not item.is_dir():
+        raise CheckpointError(f"{path}: the '{VARIABLES_ITEM}/' item is missing; the checkpoint is incomplete")
+    try:
+        stored = ocp.StandardCheckpointHandler().metadata(item).tree
+    except Exception as e:
+        raise CheckpointError(f"cannot read the checkpoint at {path}: {item} is damaged "
+                              f"or incomplete ({_first_line(e)})") from None
+    want = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+    have = {jax.tree_util.keystr(p): tuple(getattr(x, "shape", ()) or ())
+            for p, x in jax.tree_util.tree_flatten_with_path(dict(stored))[0]}
+    if want != have:
+        diff = sorted(set(want) ^ set(have)) or sorted(k for k in want if want[k] != have[k])
+        k = diff[0]
+        raise CheckpointError(
+            f"{item} does not match the model in {path / CONFIG_ITEM / CONFIG_FILE}: {k} is "
+            f"{have.get(k, 'absent')} in the file, {want.get(k, 'absent')} in the config's model "
+            f"({len(diff)} such array(s)); the config was edited or belongs to another model")
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract)
+    # Older saves of models without BatchNorm stored an empty 'batch_stats'.
+    return {**{k: {} for k, v in dict(stored).items() if not jax.tree_util.tree_leaves(v)}, **target}
+
+
+def load_step(path) -> Loaded:
+    """Read and verify the checkpoint at ``path`` (not a run root): one-line errors."""
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    config = read_config(path)
+    model, abstract = _model_from(config, path)
+    target = _restore_target(path, abstract, config)
+    item = path / VARIABLES_ITEM
+    try:
+        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
+            variables = dict(ckptr.restore(item, args=ocp.args.StandardRestore(target)))
+    except Exception as e:  # orbax/tensorstore raise many types for damaged files
+        raise CheckpointError(f"cannot read the checkpoint at {path}: {item} is damaged "
+                              f"({_first_line(e)})") from None
+    variables = model_variables(variables)
+    saved = config.get(CHECKSUM_KEY)
+    if saved is not None and tree_checksum(variables) != saved:
+        step = f"step {path.name} ({path})" if path.name.isdigit() else str(path)
+        raise CheckpointError(
+            f"checksum mismatch in {step}: the arrays in '{VARIABLES_ITEM}/' differ from what was "
+            "saved (a damaged or edited file)")
+    return Loaded(path, model, variables, config)
+
+
+def load_checkpoint(directory, *, warn=None) -> Loaded:
+    """Like ``load``, also giving the step folder read and its config.
+
+    A run root gives its newest intact step; each damaged newer step is reported through
+    ``warn`` (default ``warnings.warn``). An explicit checkpoint folder is read as is.
+    """
+    warn = warn or (lambda msg: warnings.warn(msg, stacklevel=3))
+    directory = Path(directory).absolute()
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is not a directory holding a saved model")
+    if _looks_like_step(directory):
+        return load_step(directory)
+    steps = _steps(directory)
+    if not steps:
+        raise _no_checkpoint(directory)
+    damaged = []
+    for p in steps:
+        try:
+            loaded = load_step(p)
+        except CheckpointError as e:
+            damaged.append(str(e))
+            continue
+        for msg in damaged:
+            warn(f"{msg}; using step {p.name}, the newest intact checkpoint of {directory}")
+        return loaded
+    raise CheckpointError(f"no intact checkpoint in {directory}: " + "; ".join(damaged))
 
 
 def load(directory) -> tuple[nn.Module, dict]:
-    """Read a saved model: returns ``(model, variables)``."""
-    import orbax.checkpoint as ocp
-
-    path = resolve(directory)
-    try:
-        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-            model = model_from_config(_restore_config(ckptr, path))
-            # Restore onto one local device whatever the sharding at save time (a run on
-            # several devices saves sharded arrays; orbax would otherwise want that topology).
-            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-            target = jax.tree_util.tree_map(
-                lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-                abstract_variables(model))
-            out = ckptr.restore(path, args=ocp.args.Composite(
-                **{VARIABLES_ITEM: ocp.args.StandardRestore(target)}))
-    except CheckpointError:
-        raise
-    except Exception as e:  # orbax/tensorstore raise many types for damaged files
-        raise CheckpointError(f"cannot read the checkpoint at {path}: {e}") from e
-    return model, dict(out[VARIABLES_ITEM])
+    """Read a saved model: returns ``(model, variables)``, verified against its checksum."""
+    loaded = load_checkpoint(directory)
+    return loaded.model, loaded.variables
 
 
 def arch_of(directory) -> str | None:
@@ -137,4 +280,45 @@ def arch_of(directory) -> str | None:
     return load_config(directory).get("arch")
 
 
-__all__ = ["CheckpointError", "arch_of", "load", "load_config", "resolve", "save", "save_args"]
+__all__ = ["CheckpointError", "arch_of", "load", "load_checkpoint", "load_config", "resolve",
+           "save", "save_args", "tree_checksum"]
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold back SIGINT until the block ends, then deliver it: a save is never cut short
+    (an interrupted orbax save leaves its event loop closed under running tasks). A second
+    SIGINT inside the block interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+
+    def hold(signum, frame):
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    old = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if received:
+            signal.raise_signal(signal.SIGINT)
+
+
+_ERRNO_TEXTS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES,
+                errno.EPERM, errno.ENOTDIR, errno.EEXIST, errno.ENOENT)
+
+
+def as_os_error(e: BaseException, path) -> OSError | None:
+    """``e`` as an ``OSError`` naming ``path`` when it reports a file-system failure
+    (tensorstore and orbax raise ``ValueError`` or their own types with the OS's text)."""
+    if isinstance(e, OSError) and e.errno is not None:
+        return e if e.filename else OSError(e.errno, e.strerror, str(path))
+    text = str(e)
+    for code in _ERRNO_TEXTS:
+        if os.strerror(code) in text:
+            return OSError(code, os.strerror(code), str(path))
+    return None

@@ -53,15 +53,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command. A user's mistake prints one line and gives status 2; a failure to
+    write or read a file (disk full, read-only, missing folder) one line naming the path
+    and the cause, status 1; Ctrl-C "interrupted", status 130."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     try:
         enable_compilation_cache()
         result = args.func(args)
     except ResNetJaxError as e:
-        print(f"resnet-jax {args.command}: error: {e}", file=sys.stderr)
+        print(f"resnet-jax {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        cause = e.strerror or _one_line(e)
+        print(f"resnet-jax {args.command}: error: {where}{cause}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -77,8 +93,12 @@ def run(argv: list[str] | None = None) -> int:
     here, no later collection traverses them (benchmarks/NOTES.md, 12a, 13a). Not done in
     ``main``, which other programs (and the tests) call inside a process they keep.
     """
-    gc.freeze()
-    return main(argv)
+    try:
+        gc.freeze()
+        return main(argv)
+    except KeyboardInterrupt:  # between main's own handlers
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

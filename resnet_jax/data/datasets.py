@@ -332,30 +332,63 @@ def _split(data: ImageSet, test_fraction: float, val_fraction: float) -> dict[st
     return out
 
 
+_SYNTHETIC_RANGES = {"classes": (2, "an integer >= 2"), "size": (1, "an integer >= 1"),
+                     "n": (1, "an integer >= 1"), "channels": (1, "1 or 3"), "seed": (0, "an integer >= 0")}
+
+
 def _parse_synthetic(spec: str) -> dict:
     opts = {}
     _, _, rest = spec.partition(":")
     for part in filter(None, rest.split(",")):
         key, _, value = part.partition("=")
-        if key not in ("classes", "size", "n", "channels", "seed"):
+        if key not in _SYNTHETIC_RANGES:
             raise DatasetError(
                 f"unknown synthetic option {key!r}; use e.g. synthetic:classes=4,size=16,n=256,channels=3"
             )
-        opts["num_classes" if key == "classes" else key] = int(value)
+        low, rule = _SYNTHETIC_RANGES[key]
+        try:
+            number = int(value)
+        except ValueError:
+            number = None
+        if number is None or number < low or (key == "channels" and number not in (1, 3)):
+            raise DatasetError(f"synthetic option {key} must be {rule}; got {value!r} in {spec!r}")
+        opts["num_classes" if key == "classes" else key] = number
+    if opts.get("n", 256) < opts.get("num_classes", 4):
+        raise DatasetError(f"synthetic option n must be at least classes (one image per class); got {spec!r}")
     return opts
+
+
+def _unknown_split_classes(root: Path, split: str, known: Sequence[str], unknown_classes: str) -> None:
+    """Refuse (or, with ``unknown_classes='skip'``, warn about) classes of ``root/split`` that
+    ``root/train`` lacks: their images have no label the model could predict."""
+    found = sorted(p.name for p in (root / split).iterdir() if p.is_dir() and not p.name.startswith("."))
+    extra = [c for c in found if c not in set(known)]
+    if not extra:
+        return
+    if unknown_classes == "skip":
+        warnings.warn(f"class folder(s) {extra} under {root / split} are not in {root / 'train'}; "
+                      "their images are left out", stacklevel=3)
+        return
+    raise DatasetError(
+        f"class folder(s) {extra} under {root / split} have no counterpart in {root / 'train'} "
+        f"(its classes: {', '.join(known)}); add them to train/, remove them, or pass "
+        "--skip-unknown-classes to leave their images out"
+    )
 
 
 DATASETS = ("digits", "faces", "synthetic", "mnist:PATH", "folder:PATH", "PATH")
 
 
 def load_splits(spec: str, *, test_fraction: float = 0.2, val_fraction: float = 0.1,
-                channels: int | None = None, strict: bool = False) -> dict[str, ImageSet]:
+                channels: int | None = None, strict: bool = False,
+                unknown_classes: str = "error") -> dict[str, ImageSet]:
     """The ``train``, ``val`` (when there is one) and ``test`` sets named by ``spec``.
 
     Embedded and single-folder sets are split per class with a fixed seed
     (``test_fraction`` of each class held out for test, then ``val_fraction`` of the rest
     for validation). A folder with ``train/`` and ``val/`` or ``test/`` sub-folders and
-    MNIST's own files keep their splits.
+    MNIST's own files keep their splits; a class folder found in ``val/`` or ``test/`` but
+    not in ``train/`` is an error, or with ``unknown_classes='skip'`` a warning.
     """
     kind, _, arg = spec.partition(":")
     if spec == "digits":
@@ -380,6 +413,7 @@ def load_splits(spec: str, *, test_fraction: float = 0.2, val_fraction: float = 
             out = {"train": train}
             for split in ("val", "test"):
                 if split in subs:
+                    _unknown_split_classes(root, split, train.class_names, unknown_classes)
                     out[split] = image_folder(root / split, ch, strict, class_names=train.class_names,
                                               name=f"{root.name}-{split}")
             if "test" not in out:

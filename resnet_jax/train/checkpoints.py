@@ -5,20 +5,33 @@ Each step folder holds the model items of ``resnet_jax.checkpoint.save_args``
 ``opt_state`` (the optax state) and ``train`` (JSON: the step, the data-iterator state,
 the run's settings). orbax writes each step into a temporary folder and renames it when
 complete, so a crash mid-save leaves the earlier steps intact. Kept: the last ``keep``
-steps and the one with the best validation accuracy.
+steps and the one with the best validation accuracy. The config holds the SHA-256 of the
+variables and ``train`` that of the optimizer state; both are verified on resume.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from ..checkpoint import save_args
-from ..errors import ResNetJaxError
+from ..checkpoint import (
+    CheckpointError,
+    as_os_error,
+    interrupts_deferred,
+    model_variables,
+    save_args,
+    tree_checksum,
+)
+
+TRAIN_ITEM = "train"
+OPT_CHECKSUM_KEY = "opt_state_sha256"
 
 BEST_METRIC = "val_accuracy"
 
@@ -78,48 +91,89 @@ class RunCheckpoints:
 
     def save(self, step: int, model, state, *, arch: str | None, model_extra: dict,
              train_info: dict, metrics: dict | None = None) -> Path:
+        """Write ``step`` whole or not at all; SIGINT waits for the end of the save, and a
+        file-system failure is an ``OSError`` naming the step's folder."""
         import orbax.checkpoint as ocp
 
         if step in self.all_steps():
             return self.directory / str(step)
         # Host copies: a checkpoint written from 4 devices then loads on 1 (or on a GPU).
-        variables, opt_state = to_host(state.variables), to_host(state.opt_state)
+        variables = model_variables(to_host(state.variables))
+        opt_state = to_host(state.opt_state)
+        train_info = {**train_info, OPT_CHECKSUM_KEY: tree_checksum(opt_state)}
         args = ocp.args.Composite(
             **save_args(model, variables, arch=arch, **model_extra),
             opt_state=ocp.args.StandardSave(opt_state),
             train=ocp.args.JsonSave(train_info),
         )
-        self.manager.save(step, args=args, metrics=metrics, force=True)
-        self.manager.wait_until_finished()
+        try:
+            with interrupts_deferred():
+                self.manager.save(step, args=args, metrics=metrics, force=True)
+                self.manager.wait_until_finished()
+        except Exception as e:
+            self._remove_partial(step)
+            err = as_os_error(e, self.directory / str(step))
+            if err is None or err is e:
+                raise
+            raise err from e
         return self.directory / str(step)
 
-    def restore_info(self, step: int) -> tuple[dict, dict]:
-        """``(train_info, model config)`` of ``step``."""
-        import orbax.checkpoint as ocp
+    def _remove_partial(self, step: int) -> None:
+        """orbax's temporary folder of an unfinished ``step`` (only that one)."""
+        for p in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+            shutil.rmtree(p, ignore_errors=True)
+        self.__dict__.pop("manager", None)  # reopened on next use, listing what is on disk
 
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            train=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
-        return dict(out["train"]), dict(out["config"])
+    def read_train_info(self, step: int) -> dict:
+        """The ``train`` item of ``step`` (JSON), or a one-line error naming the file."""
+        file = self.directory / str(step) / TRAIN_ITEM / "metadata"
+        try:
+            info = json.loads(file.read_text())
+        except FileNotFoundError:
+            raise CheckpointError(f"{file} is missing; step {step} is incomplete") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{file} is not valid JSON ({e}); step {step} is damaged") from None
+        if not isinstance(info, dict) or "data" not in info:
+            raise CheckpointError(f"{file} does not hold a training state; step {step} is damaged")
+        return info
 
-    def restore_state(self, step: int, abstract_variables, abstract_opt_state):
+    def restore_opt_state(self, step: int, abstract_opt_state, info: dict):
+        """The optimizer state of ``step``, verified against the checksum in ``info``."""
         import orbax.checkpoint as ocp
 
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(
-                variables=ocp.args.StandardRestore(abstract_variables),
-                opt_state=ocp.args.StandardRestore(abstract_opt_state),
-            ))
+                opt_state=ocp.args.StandardRestore(abstract_opt_state)))
         except Exception as e:
-            raise ResNetJaxError(
-                f"cannot restore step {step} of {self.directory}: {e}; "
-                "resume with the optimizer settings (--optimizer, --freeze-backbone, --clip-norm) of the saved run"
-            ) from e
-        return dict(out["variables"]), out["opt_state"]
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise CheckpointError(f"cannot read the optimizer state of step {step} in "
+                                  f"{self.directory}: {type(e).__name__}: {first}") from None
+        opt_state = out["opt_state"]
+        saved = info.get(OPT_CHECKSUM_KEY)
+        if saved is not None and tree_checksum(opt_state) != saved:
+            raise CheckpointError(f"checksum mismatch in step {step} ({self.directory / str(step)}): "
+                                  "its optimizer state differs from what was saved")
+        return opt_state
+
+    def set_aside(self, step: int) -> Path:
+        """Rename a damaged ``step`` to ``<step>.damaged`` (kept for inspection, no longer a step)."""
+        src = self.directory / str(step)
+        dst = src.with_name(f"{step}.damaged")
+        n = 1
+        while dst.exists():
+            n += 1
+            dst = src.with_name(f"{step}.damaged{n}")
+        os.replace(src, dst)
+        self.__dict__.pop("manager", None)
+        return dst
 
     def close(self):
         if "manager" in self.__dict__:  # never opened: nothing to close
-            self.manager.wait_until_finished()
-            self.manager.close()
+            try:
+                self.manager.wait_until_finished()
+                self.manager.close()
+            except Exception:  # a failed save has already raised its own error
+                pass
 
 
 def to_host(tree):

@@ -26,6 +26,9 @@ def register(subparsers) -> None:
     d.add_argument("--channels", type=int, choices=(1, 3), help="image folders: 3 (RGB, default) or 1")
     d.add_argument("--strict", action="store_true",
                    help="stop on an unreadable image instead of skipping it with a warning")
+    d.add_argument("--skip-unknown-classes", action="store_true",
+                   help="image folders: leave out (with a warning) val/ or test/ classes that "
+                   "train/ lacks, instead of stopping")
     d.add_argument("--val-fraction", type=float, default=0.1)
     d.add_argument("--test-fraction", type=float, default=0.2)
     d.add_argument("--workers", type=int, default=2, help="threads that decode and augment")
@@ -79,6 +82,8 @@ def register(subparsers) -> None:
     e.add_argument("--batch-size", type=int, default=128)
     e.add_argument("--output", metavar="PNG", help="confusion-matrix picture (default: next to the run)")
     e.add_argument("--strict", action="store_true")
+    e.add_argument("--skip-unknown-classes", action="store_true",
+                   help="image folders: leave out val/ or test/ classes that train/ lacks")
     e.set_defaults(func=run_evaluate)
 
 
@@ -102,6 +107,7 @@ def config_from_args(args):
         output=args.output, resume=args.resume, init_from=args.init_from,
         freeze_backbone=args.freeze_backbone, checkpoint_every=args.checkpoint_every,
         keep=args.keep, eval_every=args.eval_every, workers=args.workers, strict=args.strict,
+        skip_unknown_classes=args.skip_unknown_classes,
         channels=args.channels, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         devices=args.devices, progress=args.progress, tensorboard=args.tensorboard,
         plots=args.plots,
@@ -139,10 +145,18 @@ def run_train(args) -> int:
 
 
 def run_evaluate(args) -> int:
+    import sys
+    import warnings
+
     from .evaluate import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, split=args.split,
-                                 batch_size=args.batch_size, output=args.output, strict=args.strict)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UserWarning)
+        warnings.showwarning = lambda m, *a, **k: print(f"warning: {m}", file=sys.stderr, flush=True)
+        result = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, split=args.split,
+                                     batch_size=args.batch_size, output=args.output,
+                                     strict=args.strict,
+                                     unknown_classes="skip" if args.skip_unknown_classes else "error")
     print(result["report"])
     print(f"confusion matrix: {result['confusion_png']}")
     return 0

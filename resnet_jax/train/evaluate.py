@@ -2,21 +2,56 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import warnings
 from pathlib import Path
 
 from ..errors import ResNetJaxError
 
 
+def _png_path(output, run_root: Path, dataset: str, split: str) -> Path:
+    """Where the confusion matrix goes: ``output`` (a file, or a folder to write into) or
+    beside the run. A missing folder is an ``OSError`` naming it, not created."""
+    name = f"confusion_{Path(dataset.split(':')[-1]).name}_{split}.png"
+    if output is None:
+        return run_root / name
+    output = Path(output)
+    if output.is_dir():
+        return output / name
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.exists():
+        raise FileNotFoundError(errno.ENOENT, "no such directory to write into", str(parent))
+    if not parent.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(parent))
+    return output
+
+
+def _write_png(write, path: Path) -> Path:
+    """``write(tmp)`` then rename onto ``path``: a failure leaves no partial file."""
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix or '.png'}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from e
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def evaluate_checkpoint(checkpoint, dataset: str | None = None, split: str = "test",
-                        batch_size: int = 128, output=None, strict: bool = False) -> dict:
+                        batch_size: int = 128, output=None, strict: bool = False,
+                        unknown_classes: str = "error") -> dict:
     """Evaluate ``checkpoint`` (run dir, step dir or model dir) on ``split`` of ``dataset``.
 
     Returns the accuracy, the confusion matrix, a printable per-class report and the
-    path of the confusion-matrix PNG.
+    path of the confusion-matrix PNG. A run's damaged newest step is skipped with a
+    warning; examples whose logits are not finite count as wrong, with a warning.
     """
     import dataclasses
 
-    from ..checkpoint import load, load_config, resolve
+    from ..checkpoint import load_checkpoint
     from ..data import Loader, Preprocess, load_splits
     from ..models.layers import inference_jit
     from ..viz.curves import plot_confusion_matrix
@@ -25,13 +60,13 @@ def evaluate_checkpoint(checkpoint, dataset: str | None = None, split: str = "te
     from .state import TrainState
     from .step import make_eval_step
 
-    path = resolve(checkpoint)
-    config = load_config(path)
-    model, variables = load(path)
+    path, model, variables, config = load_checkpoint(checkpoint)
     dataset = dataset or config.get("dataset")
     if not dataset:
         raise ResNetJaxError(f"{path} does not record its data set; pass --dataset")
-    sets = load_splits(dataset, channels=config.get("in_channels"), strict=strict)
+    png = _png_path(output, path.parent if path.name.isdigit() else path, dataset, split)
+    sets = load_splits(dataset, channels=config.get("in_channels"), strict=strict,
+                       unknown_classes=unknown_classes)
     if split not in sets:
         raise ResNetJaxError(f"data set {dataset!r} has no {split!r} split; it has {sorted(sets)}")
     data = sets[split]
@@ -58,6 +93,9 @@ def evaluate_checkpoint(checkpoint, dataset: str | None = None, split: str = "te
     state = shd.replicate(state, mesh)
     eval_step = inference_jit(make_eval_step(pre.mean, pre.std, num_classes))
     result = evaluate(state, loader, eval_step, mesh)
+    if result.nonfinite:
+        warnings.warn(f"{result.nonfinite} of {result.count} outputs of {path} were not finite "
+                      "(NaN or infinite logits); they count as wrong", stacklevel=2)
     matrix = result.per_class(num_classes)
     names = config.get("class_names") or data.class_names
     lines = [f"{path} on {dataset} ({split}, {result.count} images): "
@@ -67,10 +105,7 @@ def evaluate_checkpoint(checkpoint, dataset: str | None = None, split: str = "te
         total = int(matrix[i].sum())
         acc = matrix[i, i] / total if total else float("nan")
         lines.append(f"  {str(name):>{width}}  {acc:7.2%}  ({matrix[i, i]}/{total})")
-    if output is None:
-        run_root = path.parent if path.name.isdigit() else path
-        output = run_root / f"confusion_{Path(dataset.split(':')[-1]).name}_{split}.png"
-    png = plot_confusion_matrix(matrix, [str(n) for n in names], output,
-                                title=f"{dataset} {split}: accuracy {result.accuracy:.2%}")
+    png = _write_png(lambda tmp: plot_confusion_matrix(
+        matrix, [str(n) for n in names], tmp, title=f"{dataset} {split}: accuracy {result.accuracy:.2%}"), png)
     return {"accuracy": result.accuracy, "matrix": matrix, "report": "\n".join(lines),
             "confusion_png": str(png), "count": result.count, "class_names": list(names)}

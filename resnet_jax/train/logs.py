@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from .tfevents import ScalarWriter
@@ -31,7 +32,10 @@ class MetricLog:
             return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                  for k, v in record.items()}
-        self._file.write(json.dumps(clean) + "\n")
+        try:
+            self._file.write(json.dumps(clean) + "\n")
+        except OSError as e:  # disk full: name the file
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
         if self._tb is not None:
             kind = record.get("kind", "train")
             for k, v in record.items():
@@ -58,3 +62,26 @@ def read_metrics(path) -> list[dict]:
             except json.JSONDecodeError:
                 continue
     return out
+
+
+def trim_metrics(path, step: int) -> None:
+    """Drop the records logged after ``step`` (a run resumed there logs them again) and any
+    line cut short by a crash; the file is replaced whole."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(record, dict) or int(record.get("step") or 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

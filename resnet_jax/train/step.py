@@ -35,11 +35,15 @@ def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0
 
 
 def topk_correct(logits, labels, k: int):
-    """1.0 where ``labels`` is among the ``k`` largest logits (ties count against)."""
+    """1.0 where ``labels`` is among the ``k`` largest logits (ties count against).
+
+    A row with any non-finite logit counts as wrong: every comparison with NaN is false,
+    so a NaN row would otherwise rank its label first."""
     k = min(k, logits.shape[-1])
     label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
     rank = jnp.sum(logits > label_logit, axis=-1)
-    return (rank < k).astype(jnp.float32)
+    finite = jnp.all(jnp.isfinite(logits), axis=-1)
+    return ((rank < k) & finite).astype(jnp.float32)
 
 
 def make_train_step(mean, std, num_classes: int, label_smoothing: float = 0.0,
@@ -87,7 +91,8 @@ def make_train_step(mean, std, num_classes: int, label_smoothing: float = 0.0,
 
 
 def make_eval_step(mean, std, num_classes: int):
-    """The un-jitted ``eval_step``: sums of loss and hits over unmasked rows, predictions."""
+    """The un-jitted ``eval_step``: sums of loss and hits over unmasked rows, the number of
+    rows with a non-finite logit, predictions."""
 
     def eval_step(state: TrainState, batch):
         x = normalize(batch["image"], mean, std)
@@ -99,6 +104,7 @@ def make_eval_step(mean, std, num_classes: int):
             "loss_sum": jnp.sum(cross_entropy(logits, labels, num_classes) * mask),
             "correct": jnp.sum(topk_correct(logits, labels, 1) * mask),
             "count": jnp.sum(mask),
+            "nonfinite": jnp.sum(jnp.any(~jnp.isfinite(logits), axis=-1) * mask),
             "prediction": jnp.argmax(logits, axis=-1),
         }
         if num_classes > 5:
