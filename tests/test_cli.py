@@ -44,14 +44,30 @@ def torch_home(tmp_path, monkeypatch):
     return tmp_path / "torch_home"
 
 
-def test_convert_torchvision_weights_from_populated_cache(tmp_path, torch_home, capsys):
+def test_convert_torchvision_weights_from_populated_cache(tmp_path, torch_home, capsys,
+                                                          monkeypatch):
     """The named-weights path goes through torch.hub's cache: a file placed there is used
-    and nothing is downloaded."""
+    and nothing is downloaded. (Its name carries its own SHA-256 prefix, as torchvision's
+    names do, so the published address is pointed at that name.)"""
+    import hashlib
+
+    from resnet_jax.port import hub
+
     tv = torchvision_model("resnet18", seed=11)
-    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    staged = tmp_path / "w.pth"
+    torch.save(tv.state_dict(), staged)
+    prefix = hashlib.sha256(staged.read_bytes()).hexdigest()[:8]
+    url = f"https://download.pytorch.org/models/resnet18-{prefix}.pth"
+    named = hub.weights_url
+
+    def published(arch, name):
+        named(arch, name)  # an unknown name stays an error
+        return url
+
+    monkeypatch.setattr(hub, "weights_url", published)
     cached = torch_home / "hub" / "checkpoints" / os.path.basename(url)
     cached.parent.mkdir(parents=True)
-    torch.save(tv.state_dict(), cached)
+    staged.rename(cached)
 
     out_dir = tmp_path / "r18"
     code, out, err = run(capsys, "convert", "--arch", "resnet18", "--weights", "IMAGENET1K_V1",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from pathlib import Path
 
 import jax
@@ -10,7 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..models import get_spec
-from .files import PortError, require_torch, state_dict_to_numpy
+from .files import PortError, read_weights_file, require_torch
+
+HASH_REGEX = re.compile(r"-([a-f0-9]*)\.")  # torch.hub's: the hex after a '-', before the suffix
 
 
 def weights_enum(arch: str):
@@ -29,12 +33,26 @@ def weights_names(arch: str) -> list[str]:
     return [w.name for w in weights_enum(arch)]
 
 
+def weights_url(arch: str, name: str) -> str:
+    """The address torchvision publishes the weights ``name`` of ``arch`` at."""
+    return _lookup(arch, name).url
+
+
+def _file_name(url: str) -> str:
+    from urllib.parse import urlparse
+
+    return os.path.basename(urlparse(url).path)
+
+
 def cache_path(arch: str, name: str) -> Path:
     """Where torch.hub keeps (or will keep) the file of weights ``name``."""
+    return _cache_dir() / _file_name(weights_url(arch, name))
+
+
+def _cache_dir() -> Path:
     import torch.hub
 
-    weights = _lookup(arch, name)
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    return Path(torch.hub.get_dir()) / "checkpoints"
 
 
 def _lookup(arch: str, name: str):
@@ -51,26 +69,66 @@ def _lookup(arch: str, name: str):
         ) from None
 
 
+def expected_hash_prefix(file_name: str) -> str | None:
+    """The SHA-256 prefix torchvision puts in a weights file's name (``resnet18-f37072fd.pth``
+    -> ``f37072fd``), found as torch.hub's ``check_hash=True`` finds it."""
+    found = HASH_REGEX.search(file_name)
+    return found.group(1) if found and found.group(1) else None
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_hash(path: Path, expected: str | None, url: str) -> None:
+    """Refuse a cached file whose SHA-256 does not start with the prefix in its name."""
+    if expected is None:
+        return
+    found = sha256_of(path)[: len(expected)]
+    if found != expected:
+        raise PortError(
+            f"{path} is not the file published at {url}: its SHA-256 starts with {found}, "
+            f"but the name says {expected}; delete it to download it again, or place the "
+            "published file there"
+        )
+
+
+def _download(url: str, path: Path, progress: bool) -> None:
+    """Fetch ``url`` into torch.hub's cache; torch.hub checks the hash while it writes."""
+    import torch.hub
+
+    print(f"downloading {url} to {path}", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)  # an OSError here names the cache folder
+    try:
+        torch.hub.download_url_to_file(url, str(path), expected_hash_prefix(path.name),
+                                       progress=progress)
+    except RuntimeError as e:  # torch.hub's "invalid hash value (expected ..., got ...)"
+        raise PortError(f"the download of {url} is damaged ({e}); nothing was kept") from None
+    except OSError as e:  # URLError is an OSError: no network, or a failed write
+        raise PortError(
+            f"cannot download {url} to {path} ({e}); without network access, place the file "
+            f"at {path} and run again"
+        ) from None
+
+
 def torchvision_state_dict(arch: str, name: str, progress: bool = True) -> dict[str, np.ndarray]:
     """The state dict of torchvision's weights ``name`` for ``arch``, as numpy.
 
     Read from torch.hub's cache (``$TORCH_HOME/hub/checkpoints``) when the file is there,
-    downloaded into it (with a progress bar) otherwise.
+    downloaded into it (with a progress bar) otherwise. Either way the file's SHA-256 must
+    start with the prefix in its name, and it is opened with ``weights_only=True``: a
+    planted file that holds code is refused, never run.
     """
-    weights = _lookup(arch, name)
-    path = cache_path(arch, name)
+    url = weights_url(arch, name)
+    path = _cache_dir() / _file_name(url)
     if not path.is_file():
-        print(f"downloading {weights.url} to {path}", flush=True)
-    try:
-        sd = weights.get_state_dict(progress=progress, check_hash=False)
-    except OSError as e:  # URLError is an OSError: no network
-        raise PortError(
-            f"cannot download {weights.url} ({e}); without network access, place the file "
-            f"at {path} and run again"
-        ) from None
-    except RuntimeError as e:
-        raise PortError(f"{path} is truncated or damaged ({e}); delete it and download again") from None
-    return state_dict_to_numpy(sd, str(path))
+        _download(url, path, progress)
+    check_hash(path, expected_hash_prefix(path.name), url)
+    return read_weights_file(path)
 
 
 def torchvision_model(arch: str, state_dict, num_classes: int):
