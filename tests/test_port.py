@@ -131,3 +131,58 @@ def test_bad_files_give_clear_errors(tmp_path):
     torch.save([torch.zeros(3)], not_a_dict)
     with pytest.raises(PortError, match="holds a list, not a state dict"):
         from_torch(not_a_dict)
+
+
+def test_mismatched_state_dict_without_arch_names_closest_arch_and_keys():
+    """Without an arch, a state dict that fits none names the closest one and what differs
+    from it (missing, unexpected and mismatched keys), as a given arch does."""
+    sd = torchvision.models.resnet18(num_classes=10).state_dict()
+    sd["fc.weight"] = torch.zeros(10, 256)
+    del sd["layer4.1.bn2.running_var"]
+    sd["extra.weight"] = torch.zeros(3)
+    with pytest.raises(PortError) as e:
+        from_torch(sd)
+    msg = str(e.value)
+    assert "closest: 'resnet18'" in msg
+    assert "missing keys: layer4.1.bn2.running_var" in msg
+    assert "unexpected keys: extra.weight" in msg
+    assert "fc.weight is (10, 256) but resnet18 expects (10, 512)" in msg
+
+    with pytest.raises(PortError, match=r"not of a registered architecture: none of their "
+                                        r"22 keys \(features.0.weight"):
+        from_torch(torchvision.models.vgg11().state_dict())
+
+
+def test_integer_or_nonfinite_weights_are_refused_not_cast(tmp_path):
+    """int8 (a quantized export) would be cast to float silently, NaNs would make a model
+    that scores as if it worked; both are errors naming the tensors. Half precision,
+    bfloat16 included, is widened."""
+    from safetensors.torch import save_file
+
+    sd = torchvision_model("resnet18", seed=6).state_dict()
+    ints = {k: (v * 100).to(torch.int8) if v.is_floating_point() else v for k, v in sd.items()}
+    save_file(ints, str(tmp_path / "int8.safetensors"))
+    with pytest.raises(PortError, match=r"int8 tensors \(conv1.weight, .*integer export"):
+        from_torch(tmp_path / "int8.safetensors")
+    with pytest.raises(PortError, match="int8 tensors"):
+        from_torch(ints)
+
+    fp8 = {k: v.to(torch.float8_e4m3fn) if v.is_floating_point() else v for k, v in sd.items()}
+    save_file(fp8, str(tmp_path / "fp8.safetensors"))
+    with pytest.raises(PortError, match="holds F8_E4M3 tensors, which numpy cannot read"):
+        from_torch(tmp_path / "fp8.safetensors")
+
+    nan = dict(sd, **{"layer2.0.conv1.weight": sd["layer2.0.conv1.weight"] * float("nan")})
+    with pytest.raises(PortError, match="NaN or infinite values in layer2.0.conv1.weight"):
+        from_torch(nan)
+
+    bf16 = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in sd.items()}
+    save_file(bf16, str(tmp_path / "bf16.safetensors"))
+    _, variables = from_torch(tmp_path / "bf16.safetensors")
+    back = to_torch(variables, "resnet18")
+    assert torch.equal(back["fc.weight"], bf16["fc.weight"].float())
+
+
+def test_weights_folder_is_named_as_a_folder(tmp_path):
+    with pytest.raises(PortError, match="is a folder, not a weights file"):
+        from_torch(tmp_path)

@@ -86,26 +86,66 @@ def _fit(model: nn.Module, sd: Mapping[str, np.ndarray]):
 
 
 def infer_arch(state_dict: Mapping) -> str:
-    """The registered architecture whose keys and shapes ``state_dict`` has exactly."""
+    """The registered architecture whose keys and shapes ``state_dict`` has exactly.
+
+    When none fits, the error names the closest one and its missing, unexpected and
+    mismatched keys, as ``from_torch`` does for a given arch."""
     sd = state_dict_to_numpy(state_dict) if not _is_numpy_sd(state_dict) else state_dict
-    best, best_score = None, -1
+    best, best_score, best_fit = None, None, None
     for name in ARCHS:
         try:
             model = _model_for(name, sd)
         except Exception:  # options that do not fit this family
             continue
-        missing, unexpected, mismatched = _fit(model, sd)
-        if not (missing or unexpected or mismatched):
+        fit = _fit(model, sd)
+        if not any(fit):
             return name
         expected = torch_shapes(model)
         score = sum(1 for k, s in expected.items() if k in sd and tuple(sd[k].shape) == s)
-        score -= len(unexpected)
-        if score > best_score:
-            best, best_score = name, score
+        score -= len(fit[0]) + len(fit[1]) + len(fit[2])
+        if best_score is None or score > best_score:
+            best, best_score, best_fit = name, score, fit
+    matched = best is not None and any(k in sd for k in torch_shapes(_model_for(best, sd)))
+    if not matched:
+        raise PortError(
+            f"these weights are not of a registered architecture: none of their {len(sd)} "
+            f"keys ({_listing(sd, 4)}) is a key of {', '.join(ARCHS)}"
+        )
+    detail = f"; against {best}, " + "; ".join(_problems(best, *best_fit))
     raise PortError(
-        "these weights match no registered architecture exactly "
-        f"(closest: {best!r}); known architectures: {', '.join(ARCHS)}"
+        f"these weights match no registered architecture exactly (closest: {best!r}){detail}. "
+        f"Known architectures: {', '.join(ARCHS)}"
     )
+
+
+def _problems(arch: str, missing, unexpected, mismatched) -> list[str]:
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_listing(unexpected)}")
+    if mismatched:
+        problems.append("shape mismatches: " + _listing(
+            f"{k} is {tuple(got)} but {arch} expects {tuple(want)}" for k, want, got in mismatched))
+    return problems
+
+
+def _check_values(sd: Mapping[str, np.ndarray], keys) -> None:
+    """Weights must be finite floating-point numbers (the step counters are integers)."""
+    wrong: dict[str, list[str]] = {}
+    for k in keys:
+        if not k.endswith(NBT) and sd[k].dtype.kind != "f":
+            wrong.setdefault(str(sd[k].dtype), []).append(k)
+    if wrong:
+        raise PortError(
+            "the weights hold " + "; ".join(f"{d} tensors ({_listing(ks, 3)})"
+                                            for d, ks in wrong.items())
+            + "; expected float16, bfloat16, float32 or float64 (a quantized or integer "
+            "export cannot be converted)"
+        )
+    bad = [k for k in keys if not k.endswith(NBT) and not np.isfinite(sd[k]).all()]
+    if bad:
+        raise PortError(f"the weights hold NaN or infinite values in {_listing(bad)}")
 
 
 def _is_numpy_sd(sd) -> bool:
@@ -155,19 +195,13 @@ def from_torch(source, arch: str | None = None, *, dtype=jnp.float32):
         arch = infer_arch(sd)
     model = _model_for(arch, sd)
     missing, unexpected, mismatched = _fit(model, sd)
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_listing(unexpected)}")
-    if mismatched:
-        problems.append("shape mismatches: " + _listing(
-            f"{k} is {tuple(got)} but {arch} expects {tuple(want)}" for k, want, got in mismatched))
+    problems = _problems(arch, missing, unexpected, mismatched)
     if problems:
         raise PortError(
             f"the weights do not fit arch {arch!r}: " + "; ".join(problems) + "."
             + _suggestion(sd, arch)
         )
+    _check_values(sd, [k for k in torch_shapes(model) if k in sd])
 
     variables: dict = {"params": {}, "batch_stats": {}}
     for key, collection, path, _ in _torch_layout(model):

@@ -48,6 +48,8 @@ def read_weights_file(path) -> dict[str, np.ndarray]:
     tensors and plain containers is refused, never executed.
     """
     path = Path(path)
+    if path.is_dir():
+        raise PortError(f"{path} is a folder, not a weights file (.pth, .pt or .safetensors)")
     if not path.is_file():
         raise PortError(f"weights file {path} does not exist")
     with open(path, "rb") as f:
@@ -83,9 +85,25 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
     try:
-        return load_file(str(path))
+        sd = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise PortError(f"{path} is truncated or is not a safetensors file ({e})") from None
+    except (AttributeError, TypeError):  # a dtype numpy has no type for (float8, ...)
+        raise PortError(
+            f"{path} holds {'/'.join(_safetensors_dtypes(path))} tensors, which numpy cannot "
+            "read; expected F16, BF16, F32 or F64 weights"
+        ) from None
+    return {k: v.astype(np.float32) if v.dtype.name == "bfloat16" else v for k, v in sd.items()}
+
+
+def _safetensors_dtypes(path: Path) -> list[str]:
+    import json
+
+    with open(path, "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    found = {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    readable = {"F16", "BF16", "F32", "F64", "I8", "I16", "I32", "I64", "U8", "BOOL"}
+    return sorted(found - readable or found)
 
 
 def state_dict_to_numpy(obj, where: str = "the state dict") -> dict[str, np.ndarray]:
