@@ -44,8 +44,8 @@ def read_image(path, channels: int) -> np.ndarray:
                 arr = np.asarray(im, np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(
-            f"cannot read image {path}: it is larger than the {Image.MAX_IMAGE_PIXELS} pixels "
-            f"PIL accepts (a possible decompression bomb; {e})"
+            f"cannot read image {path}: it has more pixels than PIL.Image.MAX_IMAGE_PIXELS "
+            f"({Image.MAX_IMAGE_PIXELS}) allows, so it may be a decompression bomb ({e})"
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(

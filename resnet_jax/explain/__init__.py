@@ -16,11 +16,11 @@ from .api import Explanation, compiled, default_layer, explain, gradcam
 from .inputs import Preprocessing, SavedModel, load_model, preprocessing_for
 from .maximize import dead_units, evaluate, make_maximizer, maximize
 from .methods import METHODS, get_method
-from .objectives import Objective, channel, class_logit, l1, l2, neuron, stack, tv
+from .objectives import Objective, channel, class_log_prob, class_logit, l1, l2, neuron, stack, tv
 
 __all__ = [
     "METHODS", "Explanation", "Objective", "Preprocessing", "SavedModel", "channel",
-    "class_logit", "compiled", "dead_units", "default_layer", "evaluate", "explain",
+    "class_log_prob", "class_logit", "compiled", "dead_units", "default_layer", "evaluate", "explain",
     "faithfulness", "get_method", "gradcam", "l1", "l2", "load_model", "make_maximizer",
     "maximize", "neuron", "objectives", "param", "preprocessing_for", "stack", "transforms",
     "tv",

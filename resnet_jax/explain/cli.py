@@ -48,6 +48,9 @@ def register(sub) -> None:
     what.add_argument("--class", dest="classes", metavar="K",
                       help="class logits to maximise: '3', '0-9', '1,7'")
     p.add_argument("--layer", default=None, help="named output whose --units to maximise")
+    p.add_argument("--log-prob", action="store_true",
+                   help="with --class: maximise log p(class) (softmax) instead of the logit y^i, "
+                        "so the image is one the model confidently assigns to the class")
     p.add_argument("--neuron", action="store_true",
                    help="maximise the centre position of each channel instead of its sum")
     p.add_argument("--l1", type=float, default=0.0, metavar="LAMBDA",
@@ -60,7 +63,8 @@ def register(sub) -> None:
     p.add_argument("--param", choices=["fourier", "pixel", "box"], default=None,
                    help="image parameterisation (default: fourier for RGB, box for grayscale)")
     p.add_argument("--transforms", choices=["auto", "standard", "none"], default="auto")
-    p.add_argument("--size", type=int, default=None, help="image side (default: the model's)")
+    p.add_argument("--size", type=int, default=None,
+                   help="image side (default: the size stored with the model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chunk", type=int, default=0, metavar="K",
                    help="run K unrolled steps per compiled call (faster on CPU, longer "
@@ -256,6 +260,8 @@ def visualize_target(args, model, shapes, names):
                 f"(valid indices 0..{n - 1})"
             )
         labels = [f"{u}: {names[u]}" if names else f"class {u}" for u in units]
+        if args.log_prob:
+            return O.class_log_prob(units), labels, "class log-probabilities", False
         return O.class_logit(units), labels, "class logits", False
     if args.layer is None:
         raise ResNetJaxError(f"--units needs --layer; valid layer names: {', '.join(shapes)}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -196,6 +197,19 @@ def class_logit(index, layer: str = "fc") -> Objective:
     return o
 
 
+def class_log_prob(index, layer: str = "fc") -> Objective:
+    """log p(class ``index``) = y^i - logsumexp(y): raising it lowers the other classes
+    too, so the image becomes one the model confidently assigns to the class (the raw
+    logit ``class_logit`` can grow with every class's score)."""
+    idx, batch = _units(index)
+
+    def fn(acts, images):
+        y = acts[layer]
+        return _pick(jax.nn.log_softmax(y.reshape(y.shape[0], -1), axis=-1), idx)
+
+    return Objective(fn, (layer,), batch, f"class_log_prob({index})", _top(layer, idx))
+
+
 def _per_image(fn, name):
     return Objective(lambda acts, images: fn(images), (), None, name)
 
@@ -221,4 +235,4 @@ def tv(beta: float = 1.0) -> Objective:
     return _per_image(fn, "tv")
 
 
-__all__ = ["Objective", "channel", "class_logit", "l1", "l2", "neuron", "stack", "total", "tv"]
+__all__ = ["Objective", "channel", "class_log_prob", "class_logit", "l1", "l2", "neuron", "stack", "total", "tv"]
