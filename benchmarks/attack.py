@@ -18,6 +18,7 @@ import collections
 import json
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="attack_report.json", help="JSON report path")
     p.add_argument("--fixtures", help="make (or reuse) the fixtures in this directory")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
+    p.add_argument("--summary", metavar="TXT",
+                   help="also write the counts and the remaining cases to this text file")
     args = p.parse_args(argv)
     cases = all_cases()
     if args.only:
@@ -130,6 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         "cases": results, "seconds": round(time.monotonic() - start),
     }, indent=1))
     print(f"\nreport: {args.out} ({time.monotonic() - start:.0f} s)")
+    if args.summary:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=Path(__file__).parent).stdout.strip()
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        tail = text[text.index(f"{len(results)} cases:"):]
+        Path(args.summary).write_text(
+            f"attack replay at {stamp} on {head} (+ uncommitted work), "
+            f"filter {args.only or 'none'}\n\n{tail}\n")
     return 0 if all(r["outcome"] in GOOD and not r["unexpected"] for r in results) else 1
 
 

@@ -98,6 +98,8 @@ def gradcam_arg_cases() -> list[Case]:
              GRADCAM, "11", no_dac=True, status=1),
         Case("gradcam --out with missing parents", [*g, "--out", "{work}/a/b/maps"], "any",
              GRADCAM, "11", check=checks.pngs_in("{work}/a/b/maps", 1)),
+        Case("gradcam --out onto a full disk", [*g, "--out", "{work}/full/maps"], "error",
+             GRADCAM, "10", setup=S.full_disk(free=0), status=1),
         Case("gradcam disk full (file-size limit)", [*g, "--out", "{work}/maps"], "error",
              GRADCAM, "10", fsize=2048, env={"RESNET_JAX_CACHE": "off"}, status=1),
         Case("gradcam --weights missing", [*GC, "{work}/none", "{rgb_jpg}", "--out",
@@ -148,6 +150,8 @@ def visualize_cases() -> list[Case]:
              VISUALIZE, "11", check=checks.file_written("{work}/a/b/g.png")),
         Case("visualize --out under a file", [*cls, "--out", "{work}/file.txt/g.png"], "error",
              VISUALIZE, "11", setup=S.a_file(), protect=("{work}/file.txt",), status=1),
+        Case("visualize --out onto a full disk", [*cls, "--out", "{work}/full/g.png"], "error",
+             VISUALIZE, "10", setup=S.full_disk(free=0), status=1),
         Case("visualize disk full (file-size limit)", [*cls, *out], "error", VISUALIZE, "10",
              fsize=2048, env={"RESNET_JAX_CACHE": "off"}, status=1),
     ]

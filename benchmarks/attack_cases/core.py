@@ -83,6 +83,8 @@ class Ctx:
         self.vars = {**fixtures, "work": str(work)}
         self.result: Result | None = None
         self.notes: list[str] = []
+        self.partials_before: set[Path] = set()
+        self.cleanups: list = []  # run after the case, whatever happened (e.g. unmount)
 
     def path(self, template: str) -> Path:
         return Path(template.format_map(self.vars))
@@ -177,10 +179,9 @@ def lost(before: dict[Path, dict[str, str]]) -> str | None:
     return None
 
 
-def partials(work: Path, dirs: list[Path]) -> str | None:
-    """A ``.partial`` file anywhere under the scratch dir or beside a protected path."""
-    found = [*work.rglob("*.partial"), *(p for d in dirs if d.is_dir() for p in d.glob("*.partial"))]
-    return f"{found[0]} left behind" if found else None
+def partials(work: Path, dirs: list[Path]) -> set[Path]:
+    """``.partial`` files anywhere under the scratch dir or beside a protected path."""
+    return {*work.rglob("*.partial"), *(p for d in dirs if d.is_dir() for p in d.glob("*.partial"))}
 
 
 def protected_paths(case: Case, ctx: Ctx) -> list[Path]:
@@ -192,7 +193,8 @@ def protected_paths(case: Case, ctx: Ctx) -> list[Path]:
             p = Path(a.format_map(ctx.vars))
         except (KeyError, ValueError):
             continue
-        if p.is_absolute() and root in p.parents and (p.exists() or p.is_symlink()):
+        inside = root in p.parents and ctx.work not in p.parents and p != ctx.work
+        if p.is_absolute() and inside and (p.exists() or p.is_symlink()):
             paths.append(p)
     return paths
 
@@ -233,9 +235,12 @@ def classify(case: Case, ctx: Ctx, before: dict) -> tuple[str, str]:
     res = ctx.result
     if (ctx.work / MARKER).exists():
         return "code executed", f"{ctx.work / MARKER} was written by an unpickled object"
-    gone = lost(before) or partials(ctx.work, [p.parent for p in before])
+    gone = lost(before)
     if gone:
         return "data lost", gone
+    left = partials(ctx.work, [p.parent for p in before]) - ctx.partials_before
+    if left:
+        return "data lost", f"{sorted(left)[0]} left behind"
     text = res.err + "\n" + res.out
     tb = traceback_line(text)
     if tb:
@@ -268,10 +273,14 @@ def run_case(case: Case, fixtures: dict, env: dict, scratch: Path) -> dict:
             outcome, why = case.runner(case, ctx)
         else:
             before = snapshot(protected_paths(case, ctx))
+            ctx.partials_before = partials(ctx.work, [p.parent for p in before])
             ctx.result = run_argv(ctx, case, case.argv)
             outcome, why = classify(case, ctx, before)
     except Exception as e:  # a harness bug must not stop the other cases
         outcome, why = "harness error", f"{type(e).__name__}: {e}"
+    finally:
+        for fn in ctx.cleanups:
+            fn()
     res = ctx.result
     return {"name": case.name, "outcome": outcome, "reason": why, "owner": case.owner,
             "item": case.item, "expect": case.expect,

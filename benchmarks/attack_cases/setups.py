@@ -96,3 +96,36 @@ def damaged_run(damage: str, steps=(2,)):
         for step in steps:
             DAMAGES[damage](ctx.work / "run" / str(step))
     return setup
+
+
+def full_disk(name: str = "full", size_mb: int = 96, free: int = 64_000, then=None):
+    """A real full file system at ``{work}/<name>``: a tmpfs (needs root), filled until
+    ``free`` bytes are left, after ``then(ctx, mount)`` put earlier data there."""
+    import os
+    import subprocess
+
+    def setup(ctx):
+        mount = ctx.work / name
+        mount.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs",
+                               str(mount)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"cannot mount a tmpfs for the full disk: {proc.stderr.strip()}")
+        ctx.cleanups.append(lambda: subprocess.run(["umount", "-l", str(mount)]))
+        if then:
+            then(ctx, mount)
+        st = os.statvfs(mount)
+        filler = st.f_bavail * st.f_frsize - free
+        with open(mount / ".filler", "wb") as f:
+            for _ in range(filler // (1 << 20)):
+                f.write(bytes(1 << 20))
+            f.write(bytes(filler % (1 << 20)))
+    return setup
+
+
+def copy_into(key: str, name: str):
+    """For ``full_disk(then=...)``: a copy of fixture ``key`` on the small file system."""
+    def then(ctx, mount):
+        src = Path(ctx.fx[key])
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, mount / name)
+    return then
