@@ -11,6 +11,7 @@ variables and ``train`` that of the optimizer state; both are verified on resume
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -37,11 +38,13 @@ BEST_METRIC = "val_accuracy"
 
 
 class _QuietUntrackedSaves(logging.Filter):
-    """orbax warns on every save without metrics once a best metric is tracked; mid-epoch
-    saves have none by design."""
+    """orbax warns on every save without metrics once a best metric is tracked (mid-epoch
+    saves have none by design), and logs each failed write of a save with a traceback
+    before raising the error that ``save`` reports in one line."""
 
     def filter(self, record):
-        return "tracked_metric" not in record.getMessage()
+        message = record.getMessage()
+        return "tracked_metric" not in message and "_SignalingThread.run() raised" not in message
 
 
 logging.getLogger("absl").addFilter(_QuietUntrackedSaves())
@@ -107,9 +110,13 @@ class RunCheckpoints:
             train=ocp.args.JsonSave(train_info),
         )
         try:
-            with interrupts_deferred():
-                self.manager.save(step, args=args, metrics=metrics, force=True)
-                self.manager.wait_until_finished()
+            with interrupts_deferred(), _native_stderr_held_on_failure():
+                try:
+                    self.manager.save(step, args=args, metrics=metrics, force=True)
+                    self.manager.wait_until_finished()
+                except Exception:
+                    self._abandon_manager()  # let its writes end while stderr is held
+                    raise
         except Exception as e:
             self._remove_partial(step)
             err = as_os_error(e, self.directory / str(step))
@@ -117,6 +124,20 @@ class RunCheckpoints:
                 raise
             raise err from e
         return self.directory / str(step)
+
+    def _abandon_manager(self) -> None:
+        import gc
+        import time
+
+        manager = self.__dict__.pop("manager", None)
+        try:
+            if manager is not None:
+                manager.close()
+        except Exception:
+            pass
+        del manager
+        gc.collect()
+        time.sleep(0.2)
 
     def _remove_partial(self, step: int) -> None:
         """orbax's temporary folder of an unfinished ``step`` (only that one)."""
@@ -174,6 +195,36 @@ class RunCheckpoints:
                 self.manager.close()
             except Exception:  # a failed save has already raised its own error
                 pass
+
+
+@contextlib.contextmanager
+def _native_stderr_held_on_failure():
+    """Hold what native threads print on file descriptor 2 during the block; pass it on if
+    the block succeeds, drop it if it fails (tensorstore's writes that outlive a failed
+    save print "Event loop is closed" tracebacks there; the failure is reported once)."""
+    import sys
+    import tempfile
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no real stderr: nothing to hold
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if ok:
+                held.seek(0)
+                text = held.read()
+                if text:
+                    os.write(2, text)
 
 
 def to_host(tree):

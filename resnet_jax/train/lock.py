@@ -8,6 +8,7 @@ runs lock two different files of the same name).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from pathlib import Path
@@ -29,6 +30,8 @@ class RunLock:
         self._fd = None
 
     def acquire(self) -> RunLock:
+        if self.path.parent.exists() and not self.path.parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory", str(self.path.parent))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

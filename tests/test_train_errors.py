@@ -1,0 +1,228 @@
+"""Bad settings, busy or unwritable run directories and Ctrl-C: each ends in one clear
+line (status 2 for a mistake, 1 for the file system, 130 for Ctrl-C), before anything
+is written or with everything saved so far kept."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import resnet_jax
+from resnet_jax.cli import main as cli_main
+from resnet_jax.errors import ResNetJaxError
+from resnet_jax.train import TrainConfig, train
+from resnet_jax.train.lock import RunLock
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = "synthetic:classes=3,size=8,n=48"
+TINY_ARGS = ["--dataset", DATA, "--arch", "my_resnet", "--stage-widths", "8,16", "--batch-size", "16",
+             "--max-steps", "2", "--epochs", "1", "--no-progress", "--no-tensorboard", "--no-plots"]
+TINY = dict(dataset=DATA, arch="my_resnet", model_options={"stage_widths": [8, 16]}, batch_size=16,
+            max_steps=2, epochs=1, progress=False, tensorboard=False, plots=False)
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+BAD_SETTINGS = [
+    (["--epochs", "0"], "--epochs must be an integer >= 1"),
+    (["--epochs", "-2"], "--epochs must be an integer >= 1"),
+    (["--max-steps", "-1"], "--max-steps must be an integer >= 1"),
+    (["--max-steps", "0"], "--max-steps must be an integer >= 1"),
+    (["--image-size", "0"], "--image-size must be an integer >= 1"),
+    (["--image-size", "-8"], "--image-size must be an integer >= 1"),
+    (["--devices", "0"], "--devices must be an integer >= 1"),
+    (["--lr", "-0.1"], "--lr must be a finite number >= 0"),
+    (["--lr", "nan"], "--lr must be a finite number >= 0"),
+    (["--lr", "inf"], "--lr must be a finite number >= 0"),
+    (["--label-smoothing", "1"], "--label-smoothing must be a finite number in [0, 1)"),
+    (["--label-smoothing", "-0.1"], "--label-smoothing must be a finite number in [0, 1)"),
+    (["--clip-norm", "0"], "--clip-norm must be a finite number > 0"),
+    (["--clip-norm", "-1"], "--clip-norm must be a finite number > 0"),
+    (["--warmup-epochs", "-1"], "--warmup-epochs must be a finite number >= 0"),
+    (["--workers", "-1"], "--workers must be an integer >= 0"),
+    (["--eval-every", "0"], "--eval-every must be an integer >= 1"),
+    (["--stage-widths", "0,16"], "--stage-widths must be integers >= 1"),
+    (["--stage-sizes", "1,0"], "--stage-sizes must be integers >= 1"),
+    (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
+    (["--keep", "0"], "--keep must be an integer >= 1"),
+    (["--seed", "-1"], "--seed must be an integer >= 0"),
+    (["--dataset", "synthetic:classes=0"], "synthetic option classes must be an integer >= 2"),
+    (["--dataset", "synthetic:classes=1"], "synthetic option classes must be an integer >= 2"),
+    (["--dataset", "synthetic:size=0"], "synthetic option size must be an integer >= 1"),
+]
+
+
+@pytest.mark.parametrize("bad,message", BAD_SETTINGS, ids=[" ".join(b) for b, _ in BAD_SETTINGS])
+def test_out_of_range_settings_are_refused_before_anything_is_written(bad, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli_main(["train", *TINY_ARGS, *bad, "--output", str(out)]) == 2
+    line = _one_error_line(capsys)
+    assert message in line and "got" in line
+    assert not out.exists()
+
+
+def test_the_api_refuses_what_the_command_refuses(tmp_path):
+    with pytest.raises(ResNetJaxError, match=r"--lr must be a finite number >= 0; got nan"):
+        train(TrainConfig(**{**TINY, "lr": float("nan")}, output=str(tmp_path / "run")))
+    with pytest.raises(ResNetJaxError, match=r"--label-smoothing must be .* \[0, 1\); got 1.5"):
+        TrainConfig(**{**TINY, "label_smoothing": 1.5}).resolved().validate()
+    assert not (tmp_path / "run").exists()
+
+
+def test_one_class_image_folder_is_refused(tmp_path, capsys):
+    from PIL import Image
+
+    for i in range(6):
+        (tmp_path / "imgs" / "only").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / "imgs" / "only" / f"{i}.png")
+    args = [a if a != DATA else str(tmp_path / "imgs") for a in TINY_ARGS]
+    assert cli_main(["train", *args, "--batch-size", "2", "--output", str(tmp_path / "run")]) == 2
+    line = _one_error_line(capsys)
+    assert "has 1 class (only)" in line and "at least 2" in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "small"
+    train(TrainConfig(**TINY, output=str(out)))
+    return out
+
+
+@pytest.mark.parametrize("option,saved,asked", [
+    (["--arch", "resnet18"], "'my_resnet'", "'resnet18'"),
+    (["--stage-widths", "16,32"], "[8, 16]", "[16, 32]"),
+])
+def test_resume_with_another_model_names_both(small_run, option, saved, asked, capsys):
+    args = [*TINY_ARGS, "--epochs", "2", "--max-steps", "4", "--output", str(small_run), "--resume"]
+    i = args.index(option[0])
+    args[i: i + 2] = option
+    assert cli_main(["train", *args]) == 2
+    line = _one_error_line(capsys)
+    assert saved in line and asked in line and "--resume" in line
+    assert sorted(p.name for p in small_run.iterdir() if p.name.isdigit()) == ["2"]
+
+
+def test_second_run_on_a_locked_directory_names_the_holders_pid(tmp_path):
+    out = tmp_path / "run"
+    code = ("import sys, time; from resnet_jax.train.lock import RunLock; "
+            "RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ResNetJaxError, match=rf"in use by another training run \(PID {holder.pid}\)"):
+            train(TrainConfig(**TINY, output=str(out)))
+        assert not any(p.name.isdigit() for p in out.iterdir())
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # The kernel released the killed holder's lock: no stale lock to clean up.
+    with RunLock(out):
+        pass
+
+
+def test_output_that_is_a_file_or_unwritable_is_one_line_with_status_1(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    assert cli_main(["train", *TINY_ARGS, "--output", str(afile)]) == 1
+    line = _one_error_line(capsys)
+    assert line.startswith("resnet-jax train: error: ") and str(afile) in line and "not a directory" in line
+    assert afile.read_text() == "keep me"
+    if os.geteuid() == 0:
+        locked = Path("/sys/resnet-jax-run")  # root may write anywhere a mode allows; sysfs refuses
+    else:
+        (tmp_path / "ro").mkdir(mode=0o555)
+        locked = tmp_path / "ro" / "run"
+    assert cli_main(["train", *TINY_ARGS, "--output", str(locked)]) == 1
+    line = _one_error_line(capsys)
+    assert line.startswith("resnet-jax train: error: /") and ("not permitted" in line or "denied" in line)
+
+
+def test_full_disk_during_a_save_keeps_the_earlier_checkpoint(small_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    _, before = resnet_jax.load(run)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    # No file may grow past 4 kB (EFBIG, as a full disk gives ENOSPC): the log lines fit,
+    # the checkpoint's arrays do not.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+    try:
+        rc = cli_main(["train", *TINY_ARGS, "--epochs", "2", "--max-steps", "4", "--output", str(run),
+                       "--resume"])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err[-1] == f"resnet-jax train: error: {run}/4: File too large"
+    assert len(err) == 2 and err[0].startswith("training my_resnet")  # no traceback, no orbax log
+    assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == ["2", "metrics.jsonl"]
+    _, after = resnet_jax.load(run)
+    import jax
+
+    for a, b in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(after), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_ctrl_c_during_a_save_finishes_the_save_then_exits_130(small_run, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    real_save = ocp.CheckpointManager.save
+
+    def interrupted_save(self, step, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # arrives while the step is being written
+        time.sleep(0.05)
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", interrupted_save)
+    assert cli_main(["train", *TINY_ARGS, "--epochs", "2", "--max-steps", "4", "--output", str(run),
+                     "--resume", "--checkpoint-every", "1"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
+    monkeypatch.undo()
+    assert sorted(p.name for p in run.iterdir() if p.name.isdigit()) == ["2", "3"]
+    resnet_jax.checkpoint.load_step(run / "3")  # complete, and its checksum holds
+
+
+def _interrupted_python(code_before: str, argv: list[str], delay: float, cwd) -> subprocess.CompletedProcess:
+    """Run ``argv`` (a script and its arguments) in a fresh interpreter that receives
+    SIGINT ``delay`` seconds after it starts."""
+    code = ("import os, signal, sys, threading, runpy; "
+            f"t = threading.Timer({delay}, os.kill, (os.getpid(), signal.SIGINT)); t.daemon = True; "
+            "t.start(); "
+            f"{code_before}; sys.argv = {argv!r}; runpy.run_path(sys.argv[0], run_name='__main__')")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RESNET_JAX_CACHE": "off"}
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_ctrl_c_during_imports_or_a_save_prints_no_traceback(tmp_path):
+    early = _interrupted_python("pass", [str(REPO / "train.py"), *TINY_ARGS, "--output", "a"], 0.05, tmp_path)
+    assert early.returncode == 130, early.stderr
+    assert early.stderr.strip() == "interrupted"
+    # A SIGINT that lands inside orbax's save: the save completes, then the run stops.
+    patch = ("import orbax.checkpoint as ocp, time; real = ocp.CheckpointManager.save; "
+             "ocp.CheckpointManager.save = lambda self, *a, **k: (os.kill(os.getpid(), signal.SIGINT), "
+             "time.sleep(0.05), real(self, *a, **k))[2]")
+    late = _interrupted_python(patch, [str(REPO / "train.py"), *TINY_ARGS, "--output", "b"], 3600, tmp_path)
+    assert late.returncode == 130, late.stderr
+    assert "Traceback" not in late.stderr and "Event loop is closed" not in late.stderr
+    assert late.stderr.strip().splitlines()[-1] == "interrupted"
+    (step,) = [p for p in (tmp_path / "b").iterdir() if p.name.isdigit()]
+    resnet_jax.checkpoint.load_step(step)
