@@ -120,7 +120,7 @@ def reference_losses(case, ctx) -> list[tuple[int, float]]:
     """The uninterrupted run's losses, computed once per attack."""
     with _REF_LOCK:
         if "losses" not in _REFERENCE:
-            ref = Path(ctx.fx["root"]) / "reference_run"
+            ref = ctx.work.parent / "reference_run"  # this attack's code, not a stale copy
             if not (ref / "metrics.jsonl").exists():
                 argv = ["resnet-jax", "train", *RESUMABLE, "--output", str(ref)]
                 res = finish(spawn(ctx.argv(argv), ctx, case), case.timeout, time.monotonic())

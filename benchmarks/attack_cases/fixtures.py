@@ -10,8 +10,10 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import shutil
 import struct
 import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -232,8 +234,6 @@ def weight_files(d: Path) -> dict[str, str]:
 
 def hub_cache(torch_home: Path, weights: dict) -> None:
     """Planted files in torch.hub's cache, named as torchvision's downloads."""
-    import shutil
-
     import torch
 
     ckpts = torch_home / "hub" / "checkpoints"
@@ -343,5 +343,39 @@ def build(root: Path) -> tuple[dict, dict]:
     ro.mkdir()
     ro.chmod(0o555)
     fx["readonly"] = str(ro)
-    fx["ro_file_parent"] = str(root / "readonly" / "x")
+    self_check(fx, env)
     return fx, env
+
+
+def self_check(fx: dict, env: dict) -> None:
+    """The fixtures are what the cases say they are: the pickles do run code when loaded
+    unsafely, the bomb is one for PIL, the unusual images have their unusual modes."""
+    from PIL import Image
+
+    modes = {"gray16": ("I;16",), "float_tif": ("F",), "cmyk": ("CMYK",), "palette": ("P",),
+             "rgba": ("RGBA",), "gray8": ("L",), "one": ("RGB",)}
+    for key, want in modes.items():
+        with Image.open(fx[key]) as im:
+            if im.mode not in want:
+                raise RuntimeError(f"fixture {key} has mode {im.mode}, expected {want}")
+    try:
+        Image.open(fx["bomb"])
+        raise RuntimeError("the bomb PNG opened without PIL's DecompressionBombError")
+    except Image.DecompressionBombError:
+        pass
+    markers = Path(fx["root"]) / "evil_markers"
+    markers.mkdir(exist_ok=True)
+    evil = [v for k, v in fx.items() if k.startswith("evil")]
+    evil.append(str(Path(fx["torch_home"]) / "hub" / "checkpoints" / "resnet34-b627a593.pth"))
+    code = ("import os, sys, torch\n"
+            "for i, path in enumerate(sys.argv[2:]):\n"
+            "    os.environ['ATTACK_MARKER'] = os.path.join(sys.argv[1], str(i))\n"
+            "    try:\n"
+            "        torch.load(path, weights_only=False)\n"
+            "    except Exception:\n"
+            "        pass\n")
+    subprocess.run([sys.executable, "-c", code, str(markers), *evil], env=env, capture_output=True)
+    missed = [p for i, p in enumerate(evil) if not (markers / str(i)).exists()]
+    shutil.rmtree(markers)
+    if missed:
+        raise RuntimeError(f"{missed} did not run their code when unpickled unsafely")
