@@ -155,13 +155,33 @@ def output_names(paths, method: str) -> list[str]:
     return [f"{s}_{method}" for s in out]
 
 
-def output_dir(path: Path) -> Path:
-    """``path`` as a folder for outputs: created if missing (its parent must exist)."""
+def check_output_dir(path: Path) -> None:
+    """Fail before any work when ``path`` cannot become the output folder."""
     import errno
 
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder; --out takes a "
                                  "folder for the pictures", str(path))
+    if not path.parent.is_dir():
+        what = "is not a folder" if path.parent.exists() else "does not exist"
+        raise FileNotFoundError(errno.ENOENT, f"its parent folder {what}", str(path))
+
+
+def check_output_file(path: Path) -> None:
+    """Fail before any work when ``path`` cannot be written as a PNG file."""
+    import errno
+
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder; --out takes a .png file name",
+                                str(path))
+    if not path.parent.is_dir():
+        what = "is not a folder" if path.parent.exists() else "does not exist"
+        raise FileNotFoundError(errno.ENOENT, f"the folder {path.parent} {what}", str(path))
+
+
+def output_dir(path: Path) -> Path:
+    """``path`` as a folder for outputs: created if missing (its parent must exist)."""
+    check_output_dir(path)
     path.mkdir(exist_ok=True)
     return path
 
@@ -189,6 +209,7 @@ def run_gradcam(args) -> int:
     from .inputs import load_model
 
     check_gradcam_args(args)
+    check_output_dir(args.out)
     m = load_model(args.weights)
     targets = None
     if args.target:
@@ -287,6 +308,7 @@ def run_visualize(args) -> int:
     from .maximize import _image_hw, check_objective, dead_units, evaluate, maximize
 
     check_visualize_args(args)
+    check_output_file(args.out)
     m = load_model(args.weights)
     model, variables, pre = m.model, m.variables, m.preprocess
     hw = _image_hw(model, args.size, pre)
