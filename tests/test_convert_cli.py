@@ -6,7 +6,12 @@ in tmp_path; nothing is downloaded.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,3 +171,230 @@ def test_missing_named_weights_are_downloaded_through_torch_hub(tmp_path, torch_
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(resnet_jax.port.PortError, match=f"place the file at {dst}"):
         hub.torchvision_state_dict("resnet18", "IMAGENET1K_V1", progress=False)
+
+
+# --------------------------------------------------------------------------- outputs
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A tiny model (my_resnet) as a torch state dict file and as a saved model directory."""
+    d = tmp_path_factory.mktemp("small")
+    model = resnet_jax.create_model("my_resnet")
+    variables = resnet_jax.init_variables(model, 1)
+    torch.save(resnet_jax.port.to_torch(variables, "my_resnet"), d / "w.pth")
+    resnet_jax.save(d / "model", model, variables, arch="my_resnet")
+    return d
+
+
+def test_overwrite_never_replaces_a_folder_that_is_not_a_saved_model(tmp_path, small, capsys):
+    out = tmp_path / "out"
+    (out / "notes").mkdir(parents=True)
+    for name in ("a.txt", "b.jpg", "notes/c.md"):
+        (out / name).write_text(name)
+    before = listing(out)
+    code, _, err = run(capsys, "convert", "--weights", small / "w.pth", "--out", out,
+                       "--overwrite")
+    assert code == 2 and (f"{out} is a folder of 3 files that is not a saved model; refusing "
+                          "to replace it") in one_line(err)
+    code, _, err = run(capsys, "convert", "--weights", small / "w.pth", "--out", out)
+    assert code == 2 and "refusing to replace it" in one_line(err) and "--overwrite" in err
+    assert listing(out) == before
+
+    run_dir = tmp_path / "run"  # a training run's root: numbered steps, not one model
+    shutil.copytree(small / "model", run_dir / "5")
+    before = listing(run_dir)
+    code, _, err = run(capsys, "convert", "--weights", small / "w.pth", "--out", run_dir,
+                       "--overwrite")
+    assert code == 2 and "a training run's folder (1 checkpoint step)" in one_line(err)
+    assert listing(run_dir) == before
+
+    notes = tmp_path / "notes.pth"
+    notes.write_text("keep me")
+    code, _, err = run(capsys, "convert", "--to-torch", small / "model", "--out", notes,
+                       "--overwrite")
+    assert code == 2 and "a file of 7 bytes that is not a .pth state dict" in one_line(err)
+    assert notes.read_text() == "keep me"
+
+    # What --overwrite is for: a previous model directory, a previous state dict file.
+    prev = tmp_path / "prev"
+    for extra in ([], ["--overwrite"]):
+        code, _, err = run(capsys, "convert", "--weights", small / "w.pth", "--out", prev, *extra)
+        assert code == 0, err
+    for name in ("w.pth", "w.safetensors"):
+        for extra in ([], ["--overwrite"]):
+            code, _, err = run(capsys, "convert", "--to-torch", prev, "--out", tmp_path / name,
+                               *extra)
+            assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "notes.pth", "out", "prev", "run", "w.pth", "w.safetensors"]
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_to_torch_on_full_disk_leaves_no_partial_file(tmp_path, small, capsys, monkeypatch):
+    """Disk full while writing: one line naming the file and the cause, status 1, no
+    .partial file left, and the earlier file of that name untouched."""
+    out = tmp_path / "w.pth"
+    code, _, err = run(capsys, "convert", "--to-torch", small / "model", "--out", out)
+    assert code == 0, err
+    before = out.read_bytes()
+    monkeypatch.setattr(os, "fsync", _disk_full)
+    for target, extra in ((out, ["--overwrite"]), (tmp_path / "new.safetensors", [])):
+        code, _, err = run(capsys, "convert", "--to-torch", small / "model", "--out", target,
+                           *extra)
+        assert code == 1 and one_line(err).endswith(f"{target}: No space left on device\n")
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["w.pth"]
+
+
+def test_convert_on_full_disk_or_unusable_out_keeps_previous_model(tmp_path, small, capsys,
+                                                                    monkeypatch):
+    """The flax side: disk full during orbax's write, an --out under a file; one line,
+    status 1, the previous model and the folder as they were. A missing parent is made."""
+    import orbax.checkpoint as ocp
+
+    prev = tmp_path / "parent" / "model"  # the parent does not exist yet: it is made
+    code, _, err = run(capsys, "convert", "--weights", small / "w.pth", "--out", prev)
+    assert code == 0, err
+    before = listing(tmp_path)
+
+    def full(self, *args, **kwargs):  # what orbax raises on ENOSPC (measured on a tmpfs)
+        raise ValueError("RESOURCE_EXHAUSTED: Error writing ... Failed to write 3177548 bytes "
+                         "to file 17: No space left on device [os_error_code='28']")
+
+    monkeypatch.setattr(ocp.Checkpointer, "save", full)
+    for target, extra in ((prev, ["--overwrite"]), (tmp_path / "new", [])):
+        code, _, err = run(capsys, "convert", "--weights", small / "w.pth", "--out", target,
+                           *extra)
+        assert code == 1 and f"{target}: No space left on device" in one_line(err)
+    monkeypatch.undo()
+    (tmp_path / "file.txt").write_text("x")
+    before["file.txt"] = b"x"
+    code, _, err = run(capsys, "convert", "--weights", small / "w.pth", "--out",
+                       tmp_path / "file.txt" / "model")
+    assert code == 1 and f"{tmp_path / 'file.txt'}: a file stands where a folder" in one_line(err)
+    code, _, err = run(capsys, "convert", "--to-torch", prev, "--out",
+                       tmp_path / "file.txt" / "w.pth")
+    assert code == 1 and f"{tmp_path / 'file.txt'}: a file stands where a folder" in one_line(err)
+    assert listing(tmp_path) == before and sorted(os.listdir(tmp_path)) == ["file.txt", "parent"]
+
+
+def test_out_written_by_another_process_meanwhile_is_not_replaced(tmp_path, small, capsys,
+                                                                  monkeypatch):
+    """Two converts to one --out: the one that finishes second is refused with one line;
+    the first one's output stays whole (never a mixture, never silently replaced)."""
+    import resnet_jax.commands as commands
+
+    out = tmp_path / "out"
+    real_from_torch = resnet_jax.port.from_torch
+
+    def other_finishes_first(*args, **kwargs):
+        result = real_from_torch(*args, **kwargs)
+        shutil.copytree(small / "model", out)
+        return result
+
+    monkeypatch.setattr(resnet_jax.port, "from_torch", other_finishes_first)
+    code, _, err = run(capsys, "convert", "--weights", small / "w.pth", "--out", out)
+    assert code == 2 and "created by another process" in one_line(err)
+    assert listing(out) == listing(small / "model")
+
+    pth = tmp_path / "w.pth"
+    real_bytes = commands._torch_bytes
+
+    def other_writes_first(*args, **kwargs):
+        result = real_bytes(*args, **kwargs)
+        pth.write_bytes(b"the other's")
+        return result
+
+    monkeypatch.setattr(commands, "_torch_bytes", other_writes_first)
+    code, _, err = run(capsys, "convert", "--to-torch", small / "model", "--out", pth)
+    assert code == 2 and "created by another process" in one_line(err)
+    assert pth.read_bytes() == b"the other's"
+    assert sorted(os.listdir(tmp_path)) == ["out", "w.pth"]
+
+
+def test_two_concurrent_converts_to_one_out_never_mix(tmp_path, small):
+    """Real processes: of two converts started together, one writes the model and the
+    other gets a one-line error (status 2); no staging folder is left behind."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "resnet_jax.cli", "convert", "--weights",
+           str(small / "w.pth"), "--out", str(out)]
+    env = dict(os.environ, RESNET_JAX_CACHE="off", JAX_PLATFORMS="cpu")
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = sorted((p.wait(timeout=300), p.stderr.read()) for p in procs)
+    assert [code for code, _ in results] == [0, 2], results
+    loser = one_line(results[1][1])
+    assert "already exists" in loser or "created by another process" in loser
+    assert listing(out) and resnet_jax.load(out)[0] == resnet_jax.create_model("my_resnet")
+    assert os.listdir(tmp_path) == ["out"]
+
+
+# --------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("option,value,valid", [
+    ("--input-size", "0", "--input-size must be at least 1 pixel (got 0)"),
+    ("--input-size", "-3", "--input-size must be at least 1 pixel (got -3)"),
+    ("--num-classes", "-1", "--num-classes must be at least 1 (got -1)"),
+    ("--num-classes", "0", "--num-classes must be at least 1 (got 0)"),
+    ("--in-channels", "0", "--in-channels must be at least 1 (got 0)"),
+])
+def test_summary_rejects_sizes_outside_valid_range(capsys, option, value, valid):
+    code, out, err = run(capsys, "summary", "resnet18", option, value)
+    assert code == 2 and valid in one_line(err) and out == ""
+
+
+@pytest.fixture(scope="module")
+def bad_files(small, tmp_path_factory):
+    """Files a user may give by mistake, beside a good one."""
+    d = tmp_path_factory.mktemp("bad")
+    good = (small / "w.pth").read_bytes()
+    (d / "truncated.pth").write_bytes(good[: len(good) // 2])
+    (d / "empty.pth").write_bytes(b"")
+    from safetensors.torch import save_file
+
+    sd = torch.load(small / "w.pth", weights_only=True)
+    save_file({k: v.to(torch.int8).contiguous() for k, v in sd.items()}, str(d / "int8.safetensors"))
+    other = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 2))
+    torch.save(other.state_dict(), d / "not_a_resnet.pth")
+    torch.save(other, d / "pickled_module.pth")
+    return d
+
+
+BAD_CONVERTS = [  # (arguments, what the one-line error says)
+    (["--weights", "{bad}/truncated.pth"], "truncated or is not a PyTorch weights file"),
+    (["--weights", "{bad}/empty.pth"], "truncated or is not a PyTorch weights file"),
+    (["--weights", "{bad}/int8.safetensors"], "int8 tensors"),
+    (["--weights", "{bad}/not_a_resnet.pth"], "not of a registered architecture"),
+    (["--weights", "{bad}/pickled_module.pth"], "weights_only=True"),
+    (["--weights", "{bad}/missing.pth"], "does not exist"),
+    (["--arch", "resnet18", "--weights", "{small}/w.pth"], "fit arch 'my_resnet'"),
+    (["--arch", "resnet_18", "--weights", "{small}/w.pth"], "Did you mean 'resnet18'?"),
+    (["--weights", "{small}/w.pth", "--num-classes", "0"], "--num-classes must be at least 1"),
+    (["--weights", "{small}/w.pth", "--num-classes", "-2"], "--num-classes must be at least 1"),
+    (["--arch", "resnet18", "--weights", "IMAGENET1K_V9"], "no torchvision weights named"),
+    (["--arch", "my_resnet", "--weights", "IMAGENET1K_V1"], "has no torchvision weights"),
+    (["--weights", "IMAGENET1K_V1"], "also give --arch"),
+    (["--weights", "{small}/model"], "use --to-torch"),
+    (["--weights", "{small}/w.pth", "--out", "{tmp}/x.pth"], "writes a model directory"),
+    (["--to-torch", "{small}/model", "--num-classes", "3"], "apply only to --weights"),
+    (["--to-torch", "{small}/model", "--verify"], "apply only to --weights"),
+    (["--to-torch", "{small}/model", "--arch", "resnet50"], "which is a my_resnet"),
+    (["--to-torch", "{small}/model", "--out", "{tmp}/x.txt"], "expected a .pth, .pt or"),
+    (["--to-torch", "{bad}"], "holds no resnet-jax checkpoint"),
+    (["--to-torch", "{small}/model", "--weights", "{small}/w.pth"], "give either"),
+    ([], "give either"),
+]
+
+
+@pytest.mark.parametrize("argv,says", BAD_CONVERTS, ids=[" ".join(a) for a, _ in BAD_CONVERTS])
+def test_bad_convert_input_is_one_line_error_and_writes_nothing(tmp_path, small, bad_files,
+                                                                 capsys, argv, says):
+    argv = [a.format(bad=bad_files, small=small, tmp=tmp_path) for a in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / ("out.pth" if "--to-torch" in argv else "out"))]
+    code, out, err = run(capsys, "convert", *argv)
+    assert code == 2 and says in one_line(err), err
+    assert os.listdir(tmp_path) == []

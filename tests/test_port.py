@@ -186,3 +186,14 @@ def test_integer_or_nonfinite_weights_are_refused_not_cast(tmp_path):
 def test_weights_folder_is_named_as_a_folder(tmp_path):
     with pytest.raises(PortError, match="is a folder, not a weights file"):
         from_torch(tmp_path)
+
+
+def test_to_torch_tensors_are_contiguous_like_torchvision(tmp_path):
+    """torchvision's state dicts hold contiguous tensors; so must ours (safetensors refuses
+    to save anything else, and strides would otherwise ride along into .pth files)."""
+    from safetensors.torch import save_file
+
+    model = resnet_jax.create_model("my_resnet")
+    sd = to_torch(resnet_jax.init_variables(model, 2), model)
+    assert all(v.is_contiguous() for v in sd.values())
+    save_file(sd, str(tmp_path / "w.safetensors"))

@@ -255,4 +255,4 @@ def to_torch(variables, arch: str | nn.Module, *, as_numpy: bool = False):
     if as_numpy:
         return out
     torch = require_torch("to_torch")
-    return OrderedDict((k, torch.from_numpy(np.array(v, copy=True))) for k, v in out.items())
+    return OrderedDict((k, torch.from_numpy(np.array(v, copy=True, order="C"))) for k, v in out.items())
