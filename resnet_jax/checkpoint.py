@@ -15,7 +15,9 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -98,7 +100,8 @@ def save(directory, model: nn.Module, variables, *, arch: str | None = None,
     try:
         target = staging / "checkpoint"
         try:
-            with interrupts_deferred(), ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+            with interrupts_deferred(), quiet_failures(), \
+                    ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
                 ckptr.save(target, args=ocp.args.Composite(**save_args(model, variables, arch)))
         except Exception as e:
             err = as_os_error(e, directory)
@@ -106,9 +109,10 @@ def save(directory, model: nn.Module, variables, *, arch: str | None = None,
                 raise
             raise err from e
         if directory.exists():
-            old = staging / "previous"
-            os.replace(directory, old)
-        os.replace(target, directory)
+            if not overwrite:  # another writer got there first
+                raise FileExistsError(errno.EEXIST, "was written by another process meanwhile", str(directory))
+            os.replace(directory, staging / "previous")
+        os.rename(target, directory)  # fails if a non-empty directory appeared meanwhile
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return directory
@@ -318,7 +322,59 @@ def as_os_error(e: BaseException, path) -> OSError | None:
     if isinstance(e, OSError) and e.errno is not None:
         return e if e.filename else OSError(e.errno, e.strerror, str(path))
     text = str(e)
+    code = re.search(r"os_error_code='(\d+)'", text)
+    if code:
+        return OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path))
     for code in _ERRNO_TEXTS:
         if os.strerror(code) in text:
             return OSError(code, os.strerror(code), str(path))
     return None
+
+
+class _DropThreadFailureLogs(logging.Filter):
+    """orbax logs each failed write of a save from its thread, with a traceback, before the
+    save raises the error that the caller reports."""
+
+    def filter(self, record):
+        return "_SignalingThread.run() raised" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_failures():
+    """Around a save: orbax's thread failure logs are dropped, and what is printed on file
+    descriptor 2 is held, passed on if the block succeeds and dropped if it fails
+    (tensorstore's writes that outlive a failed save print "Event loop is closed"
+    tracebacks there); the failure itself is raised once, to be reported in one line."""
+    import gc
+    import sys
+    import time
+
+    logger = logging.getLogger("absl")
+    quiet = _DropThreadFailureLogs()
+    logger.addFilter(quiet)
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no real stderr: nothing to hold
+        saved = None
+    held = tempfile.TemporaryFile()
+    if saved is not None:
+        os.dup2(held.fileno(), 2)
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        if not ok:
+            gc.collect()  # the failed save's pending writes end while stderr is held
+            time.sleep(0.2)
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+        logger.removeFilter(quiet)
+        if ok:
+            held.seek(0)
+            text = held.read()
+            if text:
+                os.write(2, text)
+        held.close()

@@ -71,3 +71,53 @@ def test_unreadable_checkpoints_are_reported(tmp_path):
             f.write_bytes(f.read_bytes()[:16])
     with pytest.raises(CheckpointError, match="cannot read the checkpoint"):
         resnet_jax.load(damaged)
+
+
+def _flip_a_byte_of_the_largest_array_file(checkpoint):
+    files = [f for f in (checkpoint / "variables").rglob("*") if f.is_file()]
+    biggest = max(files, key=lambda f: f.stat().st_size)
+    data = bytearray(biggest.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    biggest.write_bytes(bytes(data))
+
+
+def test_a_flipped_bit_in_the_saved_arrays_is_detected(tmp_path):
+    model = resnet_jax.create_model("digit_cnn")
+    resnet_jax.save(tmp_path / "m", model, resnet_jax.init_variables(model, 0))
+    _flip_a_byte_of_the_largest_array_file(tmp_path / "m")
+    with pytest.raises(CheckpointError, match=r"checksum mismatch in .*/m: the arrays in 'variables/' differ"):
+        resnet_jax.load(tmp_path / "m")
+
+
+def test_a_model_without_batchnorm_round_trips(tmp_path):
+    model = resnet_jax.create_model("digit_cnn", num_classes=4)
+    variables = resnet_jax.init_variables(model, 3)
+    assert "batch_stats" not in variables or not jax.tree_util.tree_leaves(variables["batch_stats"])
+    resnet_jax.save(tmp_path / "m", model, {**variables, "batch_stats": {}})
+    loaded_model, loaded = resnet_jax.load(tmp_path / "m")
+    assert loaded_model == model and _equal(variables["params"], loaded["params"])
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("json", r"config/metadata is not valid JSON \(.* line 1 column"),
+    ("delete", r"the 'variables/' item is missing"),
+    ("widths", r"variables does not match the model in .*config/metadata: \['(params|batch_stats)'\].* is \(.*\) in "
+               r"the file, \(.*\) in the config's model"),
+])
+def test_damaged_checkpoints_give_one_line_naming_the_file(tmp_path, damage, message):
+    import json
+
+    model = resnet_jax.create_model("my_resnet", num_classes=3, stem="small", stage_widths=(8, 16))
+    resnet_jax.save(tmp_path / "m", model, resnet_jax.init_variables(model, 0, 8), arch="my_resnet")
+    config = tmp_path / "m" / "config" / "metadata"
+    if damage == "json":
+        config.write_text(config.read_text()[:-7])
+    elif damage == "delete":
+        shutil.rmtree(tmp_path / "m" / "variables")
+    else:
+        edited = json.loads(config.read_text())
+        edited["stage_widths"] = [16, 16]
+        config.write_text(json.dumps(edited))
+    with pytest.raises(CheckpointError, match=message) as info:
+        resnet_jax.load(tmp_path / "m")
+    assert "\n" not in str(info.value) and str(tmp_path / "m") in str(info.value)

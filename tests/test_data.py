@@ -270,6 +270,27 @@ def test_folder_without_classes_and_with_train_val_split(tmp_path):
     assert len(flat["train"]) + len(flat["test"]) == 6 and len(flat["test"]) == 2
 
 
+def test_a_class_only_in_val_is_an_error_or_left_out_with_a_warning(tmp_path):
+    _folder(tmp_path / "set" / "train")
+    _folder(tmp_path / "set" / "val")
+    (tmp_path / "set" / "val" / "zebra").mkdir()
+    Image.fromarray(np.zeros((5, 5, 3), np.uint8)).save(tmp_path / "set" / "val" / "zebra" / "0.png")
+    with pytest.raises(DatasetError, match=r"\['zebra'\] under .*val have no counterpart in .*train"):
+        load_splits(str(tmp_path / "set"))
+    with pytest.warns(UserWarning, match=r"\['zebra'\] under .*val are not in .*train"):
+        sets = load_splits(str(tmp_path / "set"), unknown_classes="skip")
+    assert sets["val"].class_names == sets["train"].class_names
+    assert "zebra" not in "".join(sets["val"].paths)
+
+
+def test_synthetic_options_out_of_range_are_named():
+    for spec, rule in (("synthetic:classes=0", "classes must be an integer >= 2"),
+                       ("synthetic:n=x", "n must be an integer >= 1"),
+                       ("synthetic:channels=2", "channels must be 1 or 3")):
+        with pytest.raises(DatasetError, match=rule):
+            load_splits(spec)
+
+
 # ----------------------------------------------------------------------------- IDX
 
 

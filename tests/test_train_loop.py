@@ -322,3 +322,146 @@ def test_faces_with_my_resnet(tmp_path):
     print(f"faces: test accuracy {summary['test_accuracy']:.2%} "
           f"({summary['test_correct']}/{summary['test_count']})")
     assert summary["test_accuracy"] >= 0.8
+
+
+# ----------------------------------------------------------------------------- damage and recovery
+
+
+def test_a_model_with_nan_outputs_scores_zero_with_a_warning(tiny_run, tmp_path, capsys):
+    out, _ = tiny_run
+    model, variables = resnet_jax.load(out)
+    variables = jax.tree_util.tree_map(np.array, variables)
+    variables["params"]["fc"]["kernel"][:] = np.nan
+    resnet_jax.save(tmp_path / "nan", model, variables, arch="my_resnet")
+    assert cli_main(["evaluate", "--checkpoint", str(tmp_path / "nan"), "--dataset", TINY["dataset"],
+                     "--output", str(tmp_path / "cm.png")]) == 0
+    captured = capsys.readouterr()
+    assert "accuracy 0.00%" in captured.out
+    count = int(captured.out.split(" images)")[0].rsplit(" ", 1)[1])
+    assert f"warning: {count} of {count} outputs of {tmp_path / 'nan'} were not finite" in captured.err
+
+
+def test_evaluate_into_an_existing_folder_reports_the_file_it_wrote(tiny_run, tmp_path, capsys):
+    out, _ = tiny_run
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    assert cli_main(["evaluate", "--checkpoint", str(out), "--output", str(folder)]) == 0
+    reported = Path(capsys.readouterr().out.strip().splitlines()[-1].split("confusion matrix: ")[1])
+    assert reported.parent == folder and reported.suffix == ".png"
+    assert [p.name for p in folder.iterdir()] == [reported.name]
+
+
+def test_evaluate_output_it_cannot_write_is_one_line_and_leaves_old_files(tiny_run, tmp_path, capsys):
+    import resource
+
+    out, _ = tiny_run
+    missing = tmp_path / "missing" / "cm.png"
+    assert cli_main(["evaluate", "--checkpoint", str(out), "--output", str(missing)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"resnet-jax evaluate: error: {missing.parent}: no such directory to write into"]
+    assert not missing.parent.exists()
+    old = tmp_path / "cm.png"
+    old.write_bytes(b"previous report")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))  # a disk that fills after 1 kB
+    try:
+        rc = cli_main(["evaluate", "--checkpoint", str(out), "--output", str(old)])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err == [f"resnet-jax evaluate: error: {old}: File too large"]
+    assert old.read_bytes() == b"previous report" and [p.name for p in tmp_path.iterdir()] == ["cm.png"]
+
+
+@pytest.fixture(scope="module")
+def two_step_run(tmp_path_factory):
+    """A run saved at steps 2 and 4 (of 4 per epoch)."""
+    out = tmp_path_factory.mktemp("two") / "run"
+    train(TrainConfig(**TINY, epochs=1, max_steps=4, checkpoint_every=2, output=str(out)))
+    assert sorted(p.name for p in out.iterdir() if p.name.isdigit()) == ["2", "4"]
+    return out
+
+
+def _copy(run, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(run, tmp_path / "run"))
+
+
+def test_a_flipped_bit_in_the_latest_step_falls_back_to_the_newest_intact_one(two_step_run, tmp_path, capsys):
+    from test_checkpoint import _flip_a_byte_of_the_largest_array_file
+
+    run = _copy(two_step_run, tmp_path)
+    _flip_a_byte_of_the_largest_array_file(run / "4")
+    with pytest.raises(resnet_jax.checkpoint.CheckpointError, match=r"checksum mismatch in step 4 \("):
+        resnet_jax.load(run / "4")
+    with pytest.warns(UserWarning, match=r"checksum mismatch in step 4 .*; using step 2, the newest intact"):
+        resnet_jax.load(run)
+    assert cli_main(["evaluate", "--checkpoint", str(run), "--output", str(tmp_path / "cm.png")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{run}/2 on ") and "checksum mismatch in step 4" in captured.err
+    logged = []
+    with pytest.raises(TrainingDiverged, match=r"last good checkpoint, step 2, is kept"):
+        train(TrainConfig(**TINY, epochs=2, output=str(run), resume=True, lr=1e38, warmup_epochs=0),
+              log=logged.append)
+    assert any("checksum mismatch in step 4" in m and "resumed from step 2" in m for m in logged)
+    assert sorted(p.name for p in run.iterdir() if p.name[0].isdigit()) == ["2", "4.damaged"]
+
+
+def test_a_truncated_latest_step_resumes_from_the_older_one(two_step_run, tmp_path):
+    run = _copy(two_step_run, tmp_path)
+    for f in (run / "4").rglob("*"):
+        if f.is_file() and f.stat().st_size > 100:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    logged = []
+    summary = train(TrainConfig(**TINY, epochs=2, output=str(run), resume=True), log=logged.append)
+    assert any("step 4" in m and "resumed from step 2, the newest intact" in m for m in logged), logged
+    assert any("resumed at step 2;" in m for m in logged)
+    assert summary["checkpoint"] == str(run / "8")
+    resnet_jax.checkpoint.load_step(run / "8")
+
+
+def test_metrics_hold_each_step_once_after_a_resume(two_step_run, tmp_path):
+    import shutil
+
+    run = _copy(two_step_run, tmp_path)
+    shutil.rmtree(run / "4")  # steps 3 and 4 were logged, then the run died before saving 4
+    train(TrainConfig(**TINY, epochs=1, output=str(run), resume=True))
+    steps = [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"]
+    assert steps == [1, 2, 3, 4]
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "val"] == [4]
+
+
+def test_unreadable_image_is_reported_once(tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "imgs"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    (root / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    assert cli_main(["train", "--dataset", str(root), "--arch", "my_resnet", "--stage-widths", "8,16",
+                     "--image-size", "8", "--batch-size", "4", "--epochs", "1", "--max-steps", "1",
+                     "--no-progress", "--no-tensorboard", "--no-plots", "--output", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    reports = [ln for ln in err if "unreadable image" in ln or "broken.png" in ln]
+    assert len(reports) == 1 and "skipped 1 unreadable image(s)" in reports[0] and "broken.png" in reports[0]
+
+
+def test_digit_cnn_without_batchnorm_trains_loads_evaluates_and_resumes(tmp_path, capsys):
+    out = tmp_path / "cnn"
+    args = ["--dataset", "synthetic:classes=3,size=28,n=48,channels=1", "--arch", "digit_cnn",
+            "--batch-size", "16", "--no-progress", "--no-tensorboard", "--no-plots", "--output", str(out)]
+    assert cli_main(["train", *args, "--epochs", "1", "--max-steps", "2"]) == 0
+    model, variables = resnet_jax.load(out)
+    assert type(model).__name__ == "DigitCNN" and set(variables) == {"params"}
+    assert cli_main(["evaluate", "--checkpoint", str(out)]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    assert cli_main(["train", *args, "--epochs", "2", "--max-steps", "4", "--resume"]) == 0
+    assert "resumed at step 2" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir() if p.name.isdigit()) == ["2", "4"]
+    _, resumed = resnet_jax.load(out)
+    assert not np.array_equal(np.asarray(resumed["params"]["fc"]["kernel"]),
+                              np.asarray(variables["params"]["fc"]["kernel"]))

@@ -11,7 +11,6 @@ variables and ``train`` that of the optimizer state; both are verified on resume
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -27,6 +26,7 @@ from ..checkpoint import (
     as_os_error,
     interrupts_deferred,
     model_variables,
+    quiet_failures,
     save_args,
     tree_checksum,
 )
@@ -38,13 +38,11 @@ BEST_METRIC = "val_accuracy"
 
 
 class _QuietUntrackedSaves(logging.Filter):
-    """orbax warns on every save without metrics once a best metric is tracked (mid-epoch
-    saves have none by design), and logs each failed write of a save with a traceback
-    before raising the error that ``save`` reports in one line."""
+    """orbax warns on every save without metrics once a best metric is tracked; mid-epoch
+    saves have none by design."""
 
     def filter(self, record):
-        message = record.getMessage()
-        return "tracked_metric" not in message and "_SignalingThread.run() raised" not in message
+        return "tracked_metric" not in record.getMessage()
 
 
 logging.getLogger("absl").addFilter(_QuietUntrackedSaves())
@@ -110,7 +108,7 @@ class RunCheckpoints:
             train=ocp.args.JsonSave(train_info),
         )
         try:
-            with interrupts_deferred(), _native_stderr_held_on_failure():
+            with interrupts_deferred(), quiet_failures():
                 try:
                     self.manager.save(step, args=args, metrics=metrics, force=True)
                     self.manager.wait_until_finished()
@@ -126,18 +124,12 @@ class RunCheckpoints:
         return self.directory / str(step)
 
     def _abandon_manager(self) -> None:
-        import gc
-        import time
-
         manager = self.__dict__.pop("manager", None)
         try:
             if manager is not None:
                 manager.close()
         except Exception:
             pass
-        del manager
-        gc.collect()
-        time.sleep(0.2)
 
     def _remove_partial(self, step: int) -> None:
         """orbax's temporary folder of an unfinished ``step`` (only that one)."""
@@ -195,36 +187,6 @@ class RunCheckpoints:
                 self.manager.close()
             except Exception:  # a failed save has already raised its own error
                 pass
-
-
-@contextlib.contextmanager
-def _native_stderr_held_on_failure():
-    """Hold what native threads print on file descriptor 2 during the block; pass it on if
-    the block succeeds, drop it if it fails (tensorstore's writes that outlive a failed
-    save print "Event loop is closed" tracebacks there; the failure is reported once)."""
-    import sys
-    import tempfile
-
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):  # no real stderr: nothing to hold
-        yield
-        return
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        ok = False
-        try:
-            yield
-            ok = True
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            if ok:
-                held.seek(0)
-                text = held.read()
-                if text:
-                    os.write(2, text)
 
 
 def to_host(tree):
