@@ -19,7 +19,6 @@ import resnet_jax
 from resnet_jax.cli import main as cli_main
 from resnet_jax.errors import ResNetJaxError
 from resnet_jax.train import TrainConfig, train
-from resnet_jax.train.lock import RunLock
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = "synthetic:classes=3,size=8,n=48"
@@ -130,6 +129,8 @@ def test_second_run_on_a_locked_directory_names_the_holders_pid(tmp_path):
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     # The kernel released the killed holder's lock: no stale lock to clean up.
+    from resnet_jax.train.lock import RunLock
+
     with RunLock(out):
         pass
 
