@@ -465,3 +465,10 @@ def test_digit_cnn_without_batchnorm_trains_loads_evaluates_and_resumes(tmp_path
     _, resumed = resnet_jax.load(out)
     assert not np.array_equal(np.asarray(resumed["params"]["fc"]["kernel"]),
                               np.asarray(variables["params"]["fc"]["kernel"]))
+    grid = tmp_path / "classes.png"
+    assert cli_main(["visualize", "--weights", str(out), "--class", "0-2", "--steps", "4",
+                     "--out", str(grid)]) == 0
+    assert "wrote 3 images" in capsys.readouterr().out
+    from PIL import Image
+
+    assert Image.open(grid).size[0] > 100
