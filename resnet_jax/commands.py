@@ -372,14 +372,15 @@ def _write_file(out: Path, data: bytes, overwrite: bool) -> None:
     """Write ``data`` to ``out`` through a uniquely named ``.partial`` file, removed on any
     failure. Without ``overwrite`` the file is linked into place, so an ``out`` another
     process wrote meanwhile is refused, never replaced."""
-    import errno
     import os
     import secrets
 
     _make_parent(out)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+    created = False
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        created = True
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -397,9 +398,12 @@ def _write_file(out: Path, data: bytes, overwrite: bool) -> None:
                 raise
             os.replace(tmp, out)
     except OSError as e:
+        if str(e.filename) == str(tmp):  # name what the user asked for, not the scratch file
+            e = OSError(e.errno, e.strerror, str(out))
         raise _os_error(e, out) from None
     finally:
         try:
-            os.unlink(tmp)
+            if created:
+                os.unlink(tmp)
         except FileNotFoundError:
             pass

@@ -248,6 +248,19 @@ def test_to_torch_on_full_disk_leaves_no_partial_file(tmp_path, small, capsys, m
     assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["w.pth"]
 
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).endswith(".partial"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    code, _, err = run(capsys, "convert", "--to-torch", small / "model", "--out", out,
+                       "--overwrite")
+    assert code == 1 and one_line(err).endswith(f"{out}: Read-only file system\n")
+    assert out.read_bytes() == before
+
 
 def test_convert_on_full_disk_or_unusable_out_keeps_previous_model(tmp_path, small, capsys,
                                                                     monkeypatch):
