@@ -10,7 +10,10 @@ Same as ``resnet-jax convert``.
 
 import sys
 
-from resnet_jax.cli import run
-
 if __name__ == "__main__":
+    try:  # Ctrl-C before the command starts: one line and status 130, no traceback
+        from resnet_jax.cli import run
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     sys.exit(run(["convert", *sys.argv[1:]]))

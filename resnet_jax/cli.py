@@ -11,6 +11,7 @@ import argparse
 import gc
 import importlib
 import os
+import signal
 import sys
 
 from .errors import ResNetJaxError
@@ -84,17 +85,28 @@ def main(argv: list[str] | None = None) -> int:
     return int(result or 0)
 
 
+def _exit_interrupted(signum, frame):
+    print("interrupted", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
 def run(argv: list[str] | None = None) -> int:
     """``main`` for a process that runs one command and exits (the ``resnet-jax`` script,
-    ``train.py``).
+    ``train.py``, ``convert_weights.py``).
 
-    ``import resnet_jax`` loads jax and flax with the collector off and leaves their
-    ~110k objects, which live as long as the process, in the oldest generation. Frozen
-    here, no later collection traverses them (benchmarks/NOTES.md, 12a, 13a). Not done in
-    ``main``, which other programs (and the tests) call inside a process they keep.
+    It loads jax and flax first with Ctrl-C ending the process at once ("interrupted",
+    status 130): a KeyboardInterrupt raised inside their native extensions' start-up
+    surfaces as an ImportError, or crashes it. Then it freezes what they left (objects that
+    live as long as the process), so no later collection traverses them. ``main``, which
+    other programs and the tests call inside a process they keep, does neither.
     """
+    previous = signal.signal(signal.SIGINT, _exit_interrupted)
+    import flax.linen  # noqa: F401
+    import jax  # noqa: F401
+
+    signal.signal(signal.SIGINT, previous)
+    gc.freeze()
     try:
-        gc.freeze()
         return main(argv)
     except KeyboardInterrupt:  # between main's own handlers
         print("interrupted", file=sys.stderr)
