@@ -472,3 +472,44 @@ def test_digit_cnn_without_batchnorm_trains_loads_evaluates_and_resumes(tmp_path
     from PIL import Image
 
     assert Image.open(grid).size[0] > 100
+
+
+@pytest.mark.slow
+def test_ten_random_sigkills_around_saves_resume_with_the_same_losses(tmp_path, env):
+    """SIGKILL ten times at random moments around a save (while orbax writes a step, or
+    just after); each resume continues from the newest intact step; the losses and the
+    final weights equal an uninterrupted run's, and metrics.jsonl holds each step once."""
+    total = 80
+    args = [*TINY_ARGS, "--epochs", "20", "--checkpoint-every", "3", "--no-plots"]
+    ref = _run([*args, "--output", "ref"], env, tmp_path)
+    assert ref.returncode == 0, ref.stderr
+    reference = _losses(tmp_path / "ref")
+    rng = np.random.default_rng()
+    run, kills = tmp_path / "crash", []
+    for attempt in range(10):
+        before = {p.name for p in run.glob("*")} if run.exists() else set()
+        proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args, "--output", "crash",
+                                 *(["--resume"] if attempt else [])], env=env, cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline, delay = time.time() + 240, float(rng.uniform(0, 0.03))
+        while time.time() < deadline and proc.poll() is None:
+            new = {p.name for p in run.glob("*")} - before
+            if any(n[0].isdigit() for n in new):  # a step being written, or just written
+                time.sleep(delay)
+                proc.send_signal(signal.SIGKILL)
+                kills.append((sorted(new), round(delay, 3)))
+                break
+            time.sleep(0.005)
+        proc.wait(timeout=60)
+        if proc.returncode == 0:
+            break
+    final = _run([*args, "--output", "crash", "--resume"], env, tmp_path)
+    assert final.returncode == 0, (kills, final.stderr)
+    steps = [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"]
+    assert steps == list(range(1, total + 1)), kills
+    after = _losses(run)
+    assert all(after[s] == reference[s] for s in reference), kills
+    a, b = resnet_jax.load(tmp_path / "ref")[1], resnet_jax.load(run)[1]
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    print(f"{len(kills)} kills (new entries, delay s): {kills}")

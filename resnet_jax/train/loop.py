@@ -449,8 +449,8 @@ def _resume(cfg: TrainConfig, given: TrainConfig, run_dir: Path, ckpts: RunCheck
 
 
 def _initial_state(cfg: TrainConfig, given: TrainConfig, run_dir: Path, ckpts: RunCheckpoints,
-                   data: _Data, tx, log) -> tuple[TrainState, _Start]:
-    start = _resume(cfg, given, run_dir, ckpts, data, tx, log) if cfg.resume else _fresh_start(cfg, data)
+                   data: _Data, tx, log, start: _Start | None) -> tuple[TrainState, _Start]:
+    start = start or _resume(cfg, given, run_dir, ckpts, data, tx, log)
     state = TrainState.create(start.model.apply, start.variables, tx)
     if start.step is not None:
         state = state.replace(step=jnp.asarray(start.step, jnp.int32), opt_state=start.opt_state)
@@ -479,9 +479,10 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
     data = _load_data(cfg)
     run_dir = _run_dir(cfg)
     _check_run_dir(cfg, run_dir)
+    start = None if cfg.resume else _fresh_start(cfg, data)  # a bad model option: nothing written
     lock = RunLock(run_dir).acquire() if jax.process_index() == 0 else None
     try:
-        summary = _train_locked(cfg, given, data, mesh, run_dir, log)
+        summary = _train_locked(cfg, given, data, mesh, run_dir, start, log)
     finally:
         if lock is not None:
             lock.release()
@@ -489,12 +490,13 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
     return summary
 
 
-def _train_locked(cfg: TrainConfig, given: TrainConfig, data: _Data, mesh, run_dir: Path, log) -> dict:
+def _train_locked(cfg: TrainConfig, given: TrainConfig, data: _Data, mesh, run_dir: Path,
+                  start: _Start | None, log) -> dict:
     main_process = jax.process_index() == 0
     ckpts = RunCheckpoints(run_dir, cfg.keep)
     opt_cfg = _optimizer_config(cfg, data.steps_per_epoch)
     tx = make_optimizer(opt_cfg)
-    state, start = _initial_state(cfg, given, run_dir, ckpts, data, tx, log)
+    state, start = _initial_state(cfg, given, run_dir, ckpts, data, tx, log, start)
     state = shd.replicate(state, mesh)
     if start.step is not None and main_process:
         trim_metrics(run_dir / METRICS_FILE, start.step)
