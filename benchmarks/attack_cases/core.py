@@ -147,7 +147,13 @@ def run_argv(ctx: Ctx, case: Case, argv: list[str], cwd: Path | None = None) -> 
 # --------------------------------------------------------------------------- data snapshots
 
 def digest(path: Path) -> dict[str, str]:
-    """relative path -> sha256 for a file or every file under a directory."""
+    """relative path -> sha256 for a file or every file under a directory; a device node
+    or fifo by its type and number (reading /dev/full never ends)."""
+    import stat
+
+    if path.exists() and not (path.is_file() or path.is_dir()):
+        st = path.stat()
+        return {".": f"special {stat.S_IFMT(st.st_mode):o} {st.st_rdev}"}
     if path.is_symlink() or path.is_file():
         try:
             return {".": hashlib.sha256(path.read_bytes()).hexdigest()}

@@ -129,3 +129,19 @@ def copy_into(key: str, name: str):
         src = Path(ctx.fx[key])
         (shutil.copytree if src.is_dir() else shutil.copy)(src, mount / name)
     return then
+
+
+def dev_full(name: str = "devfull"):
+    """A private ``/dev/full`` at ``{work}/<name>``: a clone of the device node (root), or a
+    symlink to it. Code that renames a file over its output would otherwise replace the
+    machine's own /dev/full."""
+    import os
+    import stat
+
+    def setup(ctx):
+        path = ctx.work / name
+        try:
+            os.mknod(path, 0o666 | stat.S_IFCHR, os.stat("/dev/full").st_rdev)
+        except PermissionError:
+            path.symlink_to("/dev/full")
+    return setup
