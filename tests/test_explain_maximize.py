@@ -194,3 +194,27 @@ def test_maximize_rejects_bad_objectives(digits_model):
         maximize(model, variables, O.channel("layer4", 0), steps=2)
     with pytest.raises(ResNetJaxError, match="out of range"):
         maximize(model, variables, O.class_logit(10), steps=2)
+
+
+# --------------------------------------------------------------------------- stored normalisation
+
+
+def test_units_that_never_activate_are_marked_dead(tmp_path, capsys):
+    from resnet_jax.cli import main
+
+    model = resnet_jax.create_model("digit_cnn")
+    variables = resnet_jax.init_variables(model, 0)
+    conv2 = variables["params"]["conv2"]
+    variables["params"]["conv2"] = {"kernel": conv2["kernel"].at[..., 2].set(0.0),
+                                    "bias": conv2["bias"].at[2].set(-1.0)}
+    d = tmp_path / "model"
+    resnet_jax.save(d, model, variables, arch="digit_cnn")
+    rc = main(["visualize", "--weights", str(d), "--layer", "conv2", "--units", "0-3",
+               "--steps", "20", "--out", str(tmp_path / "g.png")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "1 dead unit(s) marked" in out, out
+    from resnet_jax.explain import dead_units
+
+    images = maximize(model, variables, O.channel("conv2", range(4)), steps=20)
+    assert dead_units(model, variables, O.channel("conv2", range(4)), images).tolist() == [
+        False, False, True, False]

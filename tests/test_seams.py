@@ -24,7 +24,7 @@ def trained_run(tmp_path_factory):
     """``python train.py`` on its defaults (the course's ResNet on the digits), shortened."""
     out = tmp_path_factory.mktemp("seam") / "run"
     env = {**os.environ, "RESNET_JAX_CACHE": "off"}
-    r = subprocess.run([sys.executable, "train.py", "--epochs", "3", "--output", str(out),
+    r = subprocess.run([sys.executable, "train.py", "--epochs", "5", "--output", str(out),
                         "--no-plots", "--no-tensorboard"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -89,3 +89,25 @@ def test_trained_model_is_seen_alike_by_predict_gradcam_and_evaluate(trained_run
     np.testing.assert_allclose([float(r[1]) for r in rows], probs[np.arange(n), preds[:n]],
                                atol=6e-4)
     assert all(Path(r[2]).is_file() for r in rows)
+
+
+def test_l1_prior_pulls_pixels_to_the_models_no_ink(trained_run, tmp_path, capsys):
+    rc = main(["visualize", "--weights", str(trained_run), "--class", "0-9",
+               "--l1", "0.1", "--steps", "100", "--out", str(tmp_path / "l1.png")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    ink = float(re.search(r"ink ([0-9.]+)%", out).group(1))
+    assert ink > 1.0, out  # not all black: the L1 prior's zero is the data's background
+
+    from resnet_jax.explain import load_model, maximize
+    from resnet_jax.explain import objectives as O
+
+    m = load_model(trained_run)
+    plain, sparse = O.class_log_prob(range(10)), O.class_log_prob(range(10)) - 0.03 * O.l1()
+    images = maximize(m.model, m.variables, O.stack([plain, sparse]), steps=100,
+                      preprocess=m.preprocess)
+    assert images.shape == (20, 12, 12, 1) and images.min() >= 0 and images.max() <= 1
+    logits = m.model.apply(m.variables, m.preprocess.normalize(images), train=False)
+    assert np.asarray(np.argmax(np.asarray(logits), -1)).tolist() == list(range(10)) * 2
+    ink_plain, ink_sparse = np.mean(images[:10] > 0.05), np.mean(images[10:] > 0.05)
+    assert 0 < ink_sparse < ink_plain, (ink_sparse, ink_plain)
