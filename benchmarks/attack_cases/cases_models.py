@@ -54,10 +54,11 @@ def evaluate_cases() -> list[Case]:
         Case("evaluate --output under a file", [*EV, RUN, "--output", "{work}/file.txt/c.png"],
              "error", EVAL, "11", setup=S.chain(run, S.a_file()), protect=("{work}/file.txt",),
              status=1),
+        Case("evaluate disk full keeps the old picture", [*EV, RUN, "--output", "{work}/old.png"],
+             "error", EVAL, "10", setup=S.chain(run, S.copy("white", "old.png")),
+             protect=("{work}/old.png",), fsize=1024, env={"RESNET_JAX_CACHE": "off"}, status=1),
         Case("evaluate --output onto a full disk", [*EV, RUN, "--output", "{work}/full/c.png"],
              "error", EVAL, "10", setup=S.chain(run, S.full_disk(free=0)), status=1),
-        Case("evaluate disk full (file-size limit)", [*EV, RUN, "--output", "{work}/c.png"],
-             "error", EVAL, "10", setup=run, fsize=4096, env={"RESNET_JAX_CACHE": "off"}, status=1),
     ]
 
 
@@ -70,16 +71,17 @@ def _readers(damage: str) -> list[tuple[str, list[str], str]]:
     """(command, argv, owner) of each command given the damaged step ``{work}/run/2``."""
     step = "{work}/run/2"
     out = [("evaluate", [*EV, step], EVAL)]
-    if damage in FOUR:
+    if damage in FOUR[:3:2]:
         out += [
             ("predict", ["resnet-jax", "predict", "--weights", step, "{rgb_jpg}"], PREDICT),
             ("convert --to-torch", ["resnet-jax", "convert", "--to-torch", step, "--out",
                                     "{work}/x.pth"], CONVERT),
         ]
-    if damage in FOUR[:3:2]:
+    if damage == FOUR[0]:
+        out.append(("gradcam", ["resnet-jax", "gradcam", "--weights", step, "{rgb_jpg}", "--out",
+                                "{work}/maps"], EXPLAIN))
+    if damage == FOUR[2]:
         out += [
-            ("gradcam", ["resnet-jax", "gradcam", "--weights", step, "{rgb_jpg}", "--out",
-                         "{work}/maps"], EXPLAIN),
             ("visualize", ["resnet-jax", "visualize", "--weights", step, "--class", "0",
                            "--steps", "2", "--out", "{work}/g.png"], EXPLAIN),
             ("train --init-from", ["resnet-jax", "train", "--dataset",

@@ -257,6 +257,10 @@ def classify(case: Case, ctx: Ctx, before: dict) -> tuple[str, str]:
         outcome, why = error_outcome(case, res)
         if case.expect == "ok" and outcome == "clear error":
             why = "EXPECTED SUCCESS: " + why
+        elif outcome == "clear error" and case.expect == "error" and case.check:
+            wrong = case.check(ctx)  # an error that says something false
+            if wrong:
+                return "silently wrong", wrong
         return outcome, why
     if case.expect == "error":
         return "silently wrong", "exit 0: accepted; " + (last_line(res.out) or last_line(res.err))

@@ -265,7 +265,7 @@ def data_folders(d: Path) -> dict[str, str]:
         put(d / "valonly" / "val" / c, 2, ord(c) + 1)
         put(d / "good" / c, 10, ord(c))
         put(d / "broken" / c, 10, ord(c))
-    put(d / "valonly" / "val" / "c", 2, 9)
+    put(d / "valonly" / "val" / "zebra", 2, 9)
     (d / "broken" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     put(d / "oneclass" / "only", 12, 3)
     put(d / "emptyclass" / "a", 6, 4)
@@ -320,7 +320,8 @@ def environment(root: Path) -> dict:
     env.update(HOME=str(root / "home"), TORCH_HOME=str(root / "torch_home"),
                XDG_CACHE_HOME=str(root / "home" / ".cache"), MPLCONFIGDIR=str(root / "mpl"),
                RESNET_JAX_CACHE=str(root / "xla_cache"), PYTHONWARNINGS="default",
-               OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2")
+               OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2",
+               PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}")
     env.pop("XLA_FLAGS", None)
     return env
 
