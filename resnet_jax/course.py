@@ -172,39 +172,48 @@ def digit_data(size: int = 28):
 def trained_digit_cnn(s: Session):
     """The course's digit CNN trained on 28x28 digits: ``(model, variables, data, accuracy)``.
 
-    Trained once per output folder and kept in ``OUT/_digit_cnn`` (saved with
-    ``resnet_jax.save``), so slides 6, 7 and 8 look at the same network.
+    Trained once per output folder and kept in ``OUT/_digit_cnn[_fast].msgpack``, so
+    slides 6, 7 and 8 look at the same network (and each still runs on its own).
     """
+    import flax.serialization
     import numpy as np
 
     import resnet_jax
 
-    from .explain import testing
-
     data = digit_data(28)
     x_tr, y_tr, x_te, y_te = data
-    cache = s.out.parent / ("_digit_cnn_fast" if s.fast else "_digit_cnn")
-    try:
-        model, variables = resnet_jax.load(cache)
+    model = resnet_jax.create_model("digit_cnn")
+    steps = s.pick(400, 1500)
+    cache = s.out.parent / f"_digit_cnn_{steps}_steps.msgpack"
+    if cache.is_file():
+        template = resnet_jax.init_variables(model, 0)
+        variables = flax.serialization.from_bytes(template, cache.read_bytes())
         print(f"digit_cnn read from {cache}")
-    except (ResNetJaxError, OSError, ValueError, KeyError) as e:
-        if cache.exists():
-            print(f"digit_cnn in {cache} unreadable ({str(e).splitlines()[0][:120]}); training")
+    else:
         t0 = time.perf_counter()
-        model = resnet_jax.create_model("digit_cnn")
-        steps = s.pick(600, 2000)
-        variables = testing.train_classifier(model, x_tr, y_tr, steps=steps, batch=64,
-                                             lr=2e-3, seed=0)
+        variables = train(model, x_tr, y_tr, steps=steps, batch=64, lr=2e-3, seed=0)
         print(f"trained digit_cnn for {steps} steps in {time.perf_counter() - t0:.1f} s")
-        try:
-            if cache.exists():
-                shutil.rmtree(cache)
-            resnet_jax.save(cache, model, variables, arch="digit_cnn")
-        except Exception as e:  # noqa: BLE001 - keeping it is an optimisation only
-            print(f"could not keep digit_cnn in {cache}: {str(e).splitlines()[0][:120]}")
+        partial = cache.with_suffix(f".partial{os.getpid()}")
+        partial.write_bytes(flax.serialization.to_bytes(variables))
+        partial.replace(cache)
     acc = float(np.mean(np.argmax(predict(model, variables, x_te), -1) == y_te))
     print(f"digit_cnn test accuracy {acc:.2%} on {len(y_te)} held-out digits")
     return model, variables, data, acc
+
+
+def train(model, x, y, steps: int, batch: int = 64, lr: float = 3e-3, seed: int = 0):
+    """``resnet_jax.explain.testing.train_classifier`` (Adam, one compiled scan) traced
+    under ``fast_gradients`` (XLA:CPU compiles JAX's own convolution gradients inside a
+    scan as slow loops), waited for. Returns the variables."""
+    import jax
+
+    from .explain import testing
+    from .models import fast_gradients
+
+    with fast_gradients():
+        variables = testing.train_classifier(model, x, y, steps=steps, batch=batch, lr=lr,
+                                             seed=seed)
+    return jax.block_until_ready(variables)
 
 
 def predict(model, variables, x, batch: int = 512):
@@ -215,6 +224,28 @@ def predict(model, variables, x, batch: int = 512):
     fn = jax.jit(lambda v, xb: jax.nn.softmax(model.apply(v, xb, train=False), -1))
     return np.concatenate([np.asarray(fn(variables, x[i:i + batch]))
                            for i in range(0, len(x), batch)])
+
+
+def unit_activations(model, variables, x, layer: str, batch: int = 1024):
+    """Each image's activation of every unit of ``layer`` from batched forward passes
+    (``resnet_jax.features``): a dense layer's outputs, or a convolution's a^k = the sum
+    of channel k over the positions. Returns (N, units)."""
+    import numpy as np
+
+    import resnet_jax
+
+    parts = []
+    for i in range(0, len(x), batch):
+        a = np.asarray(resnet_jax.features(model, variables, x[i:i + batch], names=[layer])[layer])
+        parts.append(a.reshape(a.shape[0], -1, a.shape[-1]).sum(1) if a.ndim == 4 else a)
+    return np.concatenate(parts)
+
+
+def strongest(activations, units, n: int = 3):
+    """For each unit, the indices of the ``n`` images that activate it most, best first."""
+    import numpy as np
+
+    return {int(k): np.argsort(-activations[:, k], kind="stable")[:n] for k in units}
 
 
 # --- the command ----------------------------------------------------------------------
