@@ -49,8 +49,22 @@ def run_summary(args) -> int:
     _at_least("--in-channels", args.in_channels, 1)
     options = {k: v for k, v in (("stem", args.stem), ("in_channels", args.in_channels))
                if v is not None}
-    model = create_model(args.arch, num_classes=args.num_classes, **options)
-    rows, totals = summarize(model, args.input_size)
+    try:
+        model = create_model(args.arch, num_classes=args.num_classes, **options)
+    except TypeError as e:  # an option this family has not (digit_cnn has no --stem)
+        raise ResNetJaxError(str(e)) from None
+    try:
+        rows, totals = summarize(model, args.input_size)
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        if args.input_size is None:
+            raise
+        from .models import input_shape
+
+        usual = input_shape(model)[1]
+        raise ResNetJaxError(
+            f"{args.arch} cannot take a {args.input_size}x{args.input_size} input: its layers "
+            f"shrink it to nothing ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            f"give a larger --input-size (its usual one is {usual})") from None
     print(format_summary(args.arch, rows, totals))
     return 0
 

@@ -347,15 +347,17 @@ def test_two_concurrent_converts_to_one_out_never_mix(tmp_path, small):
 
 # --------------------------------------------------------------------------- bad input
 
-@pytest.mark.parametrize("option,value,valid", [
-    ("--input-size", "0", "--input-size must be at least 1 pixel (got 0)"),
-    ("--input-size", "-3", "--input-size must be at least 1 pixel (got -3)"),
-    ("--num-classes", "-1", "--num-classes must be at least 1 (got -1)"),
-    ("--num-classes", "0", "--num-classes must be at least 1 (got 0)"),
-    ("--in-channels", "0", "--in-channels must be at least 1 (got 0)"),
+@pytest.mark.parametrize("argv,valid", [
+    ("resnet18 --input-size 0", "--input-size must be at least 1 pixel (got 0)"),
+    ("resnet18 --input-size -3", "--input-size must be at least 1 pixel (got -3)"),
+    ("resnet18 --num-classes -1", "--num-classes must be at least 1 (got -1)"),
+    ("resnet18 --num-classes 0", "--num-classes must be at least 1 (got 0)"),
+    ("resnet18 --in-channels 0", "--in-channels must be at least 1 (got 0)"),
+    ("digit_cnn --input-size 9", "digit_cnn cannot take a 9x9 input"),
+    ("digit_cnn --stem small", "digit_cnn has no option(s) ['stem']"),
 ])
-def test_summary_rejects_sizes_outside_valid_range(capsys, option, value, valid):
-    code, out, err = run(capsys, "summary", "resnet18", option, value)
+def test_summary_rejects_sizes_outside_valid_range(capsys, argv, valid):
+    code, out, err = run(capsys, "summary", *argv.split())
     assert code == 2 and valid in one_line(err) and out == ""
 
 
