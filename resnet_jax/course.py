@@ -248,6 +248,51 @@ def strongest(activations, units, n: int = 3):
     return {int(k): np.argsort(-activations[:, k], kind="stable")[:n] for k in units}
 
 
+# --- resnet18, pretrained when torchvision's file is in its cache (slides 4 and 9) ----
+
+
+def resnet18(s: Session):
+    """``(model, variables, pretrained, note)``: torchvision's ImageNet resnet18 converted
+    by ``convert_weights.py`` when ``IMAGENET1K_V1`` is in torch.hub's cache, random
+    weights otherwise (``note`` says which, in one line, for every figure)."""
+    import resnet_jax
+
+    path = _cached_resnet18()
+    if path is None:
+        note = ("resnet18 RANDOM WEIGHTS (torchvision's IMAGENET1K_V1 file is not in "
+                "torch.hub's cache): classes and maps are meaningless")
+        print(note)
+        model = resnet_jax.create_model("resnet18")
+        return model, resnet_jax.init_variables(model, 0), False, note
+    out = s.out.parent / "_resnet18"
+    if not (out / "config.json").exists() and not out.exists():
+        cmd = [sys.executable, str(course_dir().parent / "convert_weights.py"), "--arch",
+               "resnet18", "--weights", "IMAGENET1K_V1", "--out", str(out), "--verify"]
+        print("$", " ".join(cmd[1:]), flush=True)
+        subprocess.run(cmd, check=True)
+    model, variables = resnet_jax.load(out)
+    note = f"resnet18 with torchvision's ImageNet weights ({path.name})"
+    print(note)
+    return model, variables, True, note
+
+
+def _cached_resnet18() -> Path | None:
+    try:
+        from .port.hub import cache_path
+
+        path = cache_path("resnet18", "IMAGENET1K_V1")
+    except ImportError:  # no torch: the weights cannot be read either
+        return None
+    return path if path.is_file() else None
+
+
+def skimage_photos(names=("chelsea", "coffee", "astronaut", "rocket")) -> dict:
+    """scikit-image's sample photos (embedded, no download) as uint8 RGB arrays."""
+    import skimage.data
+
+    return {n: getattr(skimage.data, n)() for n in names}
+
+
 # --- the command ----------------------------------------------------------------------
 
 
