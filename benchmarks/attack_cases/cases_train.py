@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import checks
 from . import setups as S
-from .core import Case
+from .core import Case, read_jsonl
 from .fixtures import TINY_TRAIN
 
 TRAIN = "H2 resnet_jax/train/cli.py, train/loop.py"
@@ -176,9 +176,7 @@ def last_good_is_intact(ctx):
 
 
 def unique_steps(ctx):
-    from resnet_jax.train.logs import read_metrics
-
-    recs = [r for r in read_metrics(ctx.work / "run" / "metrics.jsonl") if r.get("kind") == "train"]
+    recs = [r for r in read_jsonl(ctx.work / "run" / "metrics.jsonl") if r.get("kind") == "train"]
     steps = [r["step"] for r in recs]
     if len(steps) != len(set(steps)):
         return f"metrics.jsonl repeats steps: {steps}"

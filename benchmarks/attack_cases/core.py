@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import re
 import signal
@@ -93,6 +94,17 @@ class Ctx:
         return command([a.format_map(self.vars) for a in argv])
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a metrics file (a line cut short by a crash is skipped)."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
 def command(argv: list[str]) -> list[str]:
     """The real command line for an argv whose first word names a program."""
     py = sys.executable
@@ -109,24 +121,17 @@ def command(argv: list[str]) -> list[str]:
     return argv
 
 
-def preexec(case: Case):
-    """Process setup for a case: its own session (for signals), the file-size limit."""
-    def fn():
-        os.setsid()
-        if case.fsize is not None:
-            import resource
-
-            resource.setrlimit(resource.RLIMIT_FSIZE, (case.fsize, case.fsize))
-    return fn
-
-
 def spawn(cmd: list[str], ctx: Ctx, case: Case, cwd: Path | None = None) -> subprocess.Popen:
+    """Start a case's process in its own session (signals go to its group). The limits
+    are set by util-linux's wrappers, not by Python code between fork and exec."""
+    if case.fsize is not None:
+        cmd = ["prlimit", f"--fsize={case.fsize}", "--", *cmd]
     if case.no_dac and os.geteuid() == 0:
         cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--", *cmd]
     env = {**ctx.env, **(case.env or {})}
     return subprocess.Popen(cmd, cwd=cwd or ctx.work, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, errors="replace",
-                            preexec_fn=preexec(case))
+                            start_new_session=True)
 
 
 def finish(proc: subprocess.Popen, timeout: float, start: float) -> Result:

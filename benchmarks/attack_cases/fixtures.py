@@ -243,6 +243,9 @@ def hub_cache(torch_home: Path, weights: dict) -> None:
     shutil.copy(weights["r18_trunc"], ckpts / "resnet50-11ad3fa6.pth")
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
 def run_cli(args: list[str], env: dict, cwd: Path, what: str) -> None:
     from .core import command
 
@@ -310,7 +313,13 @@ def models(root: Path, env: dict, fx: dict) -> dict[str, str]:
     model18 = root / "model18"
     run_cli(["convert_weights.py", "--weights", fx["r18_pth"], "--out", str(model18)],
             env, root, "converted resnet18")
-    nan_head_model(run, root / "nan_model")
+    # In a child: the harness itself never imports jax (it forks the cases' processes).
+    code = ("import sys; from pathlib import Path; from benchmarks.attack_cases.fixtures import "
+            "nan_head_model; nan_head_model(Path(sys.argv[1]), Path(sys.argv[2]))")
+    proc = subprocess.run([sys.executable, "-c", code, str(run), str(root / "nan_model")],
+                          env=env, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"fixture NaN-head model failed:\n{proc.stderr[-3000:]}")
     return {"run": str(run), "model18": str(model18), "nan_model": str(root / "nan_model")}
 
 
