@@ -439,9 +439,10 @@ def _resume(cfg: TrainConfig, given: TrainConfig, run_dir: Path, ckpts: RunCheck
             damaged.append((step, str(e)))
             continue
         for bad, reason in damaged:
-            aside = ckpts.set_aside(bad)
-            log(f"warning: {reason}; moved it to {aside.name} and resumed from step {step}, "
-                "the newest intact checkpoint")
+            if jax.process_index() == 0:  # one process renames; the folder is shared
+                aside = ckpts.set_aside(bad)
+                log(f"warning: {reason}; moved it to {aside.name} and resumed from step {step}, "
+                    "the newest intact checkpoint")
         return _Start(loaded.model, loaded.variables, loaded.config.get("arch", cfg.arch), step,
                       opt_state, info["data"])
     raise ResNetJaxError(f"--resume: no intact checkpoint in {run_dir}: "
