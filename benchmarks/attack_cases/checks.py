@@ -159,9 +159,10 @@ def mentions(*words: str, where: str = "err"):
 
 
 def named_once(word: str):
+    """Exactly one stderr line names ``word`` (a warning given once, not once per split)."""
     def check(ctx):
-        n = ctx.result.err.count(word)
-        return None if n == 1 else f"{word} named {n} times on stderr, expected once"
+        n = sum(word in line for line in ctx.result.err.splitlines())
+        return None if n == 1 else f"{n} stderr lines name {word}, expected one"
     return check
 
 

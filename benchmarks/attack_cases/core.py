@@ -167,7 +167,8 @@ def digest(path: Path) -> dict[str, str]:
     if path.is_dir():
         out = {}
         for p in sorted(path.rglob("*")):
-            if p.is_file() and not p.is_symlink():
+            # A run's lock file holds its holder's PID: bookkeeping, not the user's data.
+            if p.is_file() and not p.is_symlink() and not p.name.endswith(".lock"):
                 out[str(p.relative_to(path))] = hashlib.sha256(p.read_bytes()).hexdigest()
         return out
     return {}
