@@ -328,6 +328,20 @@ def test_out_written_by_another_process_meanwhile_is_not_replaced(tmp_path, smal
     assert sorted(os.listdir(tmp_path)) == ["out", "w.pth"]
 
 
+def test_ctrl_c_during_convert_leaves_no_claimed_out(tmp_path, small, capsys, monkeypatch):
+    """Ctrl-C while the model is written: status 130, one line, and no empty --out left
+    (the folder claimed for the write is given back); an earlier model is kept."""
+    import orbax.checkpoint as ocp
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ocp.Checkpointer, "save", interrupted)
+    code, _, err = run(capsys, "convert", "--weights", small / "w.pth", "--out", tmp_path / "m")
+    assert code == 130 and err == "interrupted\n"
+    assert os.listdir(tmp_path) == []
+
+
 def test_two_concurrent_converts_to_one_out_never_mix(tmp_path, small):
     """Real processes: of two converts started together, one writes the model and the
     other gets a one-line error (status 2); no staging folder is left behind."""
