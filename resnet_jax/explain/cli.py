@@ -118,6 +118,13 @@ def load_inputs(model, paths, preprocess=None):
     return pre.normalize(shown), shown
 
 
+def class_label(names, k: int) -> str:
+    """"tabby (281)", or "class 3" when the name is the index itself or unknown."""
+    if not names or str(names[k]) == str(k):
+        return f"class {k}"
+    return f"{names[k]} ({k})"
+
+
 def check_gradcam_args(args) -> None:
     """Refuse option values that make no sense, naming the valid range."""
     import math
@@ -232,7 +239,7 @@ def run_gradcam(args) -> int:
         for j in range(maps.shape[1]):
             k = int(tgts[i, j])
             name = names[k] if names is not None else f"class {k}"
-            label = f"{name} ({k}): p={scores[i, j]:.3f}\n{result.method}{where} - {path}"
+            label = f"{class_label(names, k)}: p={scores[i, j]:.3f}\n{result.method}{where} - {path}"
             out = out_dir / f"{stem}_{k}.png"
             save_overlay(out, result.images[i], maps[i, j], label, alpha=args.alpha,
                          colormap=args.colormap)
@@ -280,7 +287,7 @@ def visualize_target(args, model, shapes, names):
                 f"class index {bad[0]} is out of range: the model has {n} classes "
                 f"(valid indices 0..{n - 1})"
             )
-        labels = [f"{u}: {names[u]}" if names else f"class {u}" for u in units]
+        labels = [class_label(names, u) for u in units]
         if args.log_prob:
             return O.class_log_prob(units), labels, "class log-probabilities", False
         return O.class_logit(units), labels, "class logits", False
