@@ -486,10 +486,11 @@ def test_ten_random_sigkills_around_saves_resume_with_the_same_losses(tmp_path, 
     reference = _losses(tmp_path / "ref")
     rng = np.random.default_rng()
     run, kills = tmp_path / "crash", []
-    for attempt in range(10):
+    for _ in range(10):
         before = {p.name for p in run.glob("*")} if run.exists() else set()
+        resume = ["--resume"] if any(n.isdigit() for n in before) else []  # killed before a first save: anew
         proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args, "--output", "crash",
-                                 *(["--resume"] if attempt else [])], env=env, cwd=tmp_path,
+                                 *resume], env=env, cwd=tmp_path,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline, delay = time.time() + 240, float(rng.uniform(0, 0.03))
         while time.time() < deadline and proc.poll() is None:

@@ -482,9 +482,11 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
     _check_run_dir(cfg, run_dir)
     start = None if cfg.resume else _fresh_start(cfg, data)  # a bad model option: nothing written
     lock = RunLock(run_dir).acquire() if jax.process_index() == 0 else None
+    ckpts = RunCheckpoints(run_dir, cfg.keep)
     try:
-        summary = _train_locked(cfg, given, data, mesh, run_dir, start, log)
+        summary = _train_locked(cfg, given, data, mesh, run_dir, ckpts, start, log)
     finally:
+        ckpts.close()  # before the interpreter exits, whatever stopped the run
         if lock is not None:
             lock.release()
     summary["seconds"] = time.time() - t_start
@@ -492,15 +494,14 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
 
 
 def _train_locked(cfg: TrainConfig, given: TrainConfig, data: _Data, mesh, run_dir: Path,
-                  start: _Start | None, log) -> dict:
+                  ckpts: RunCheckpoints, start: _Start | None, log) -> dict:
     main_process = jax.process_index() == 0
-    ckpts = RunCheckpoints(run_dir, cfg.keep)
     opt_cfg = _optimizer_config(cfg, data.steps_per_epoch)
     tx = make_optimizer(opt_cfg)
     state, start = _initial_state(cfg, given, run_dir, ckpts, data, tx, log, start)
     state = shd.replicate(state, mesh)
-    if start.step is not None and main_process:
-        trim_metrics(run_dir / METRICS_FILE, start.step)
+    if main_process:  # records past the start step: from a crashed attempt, logged again
+        trim_metrics(run_dir / METRICS_FILE, start.step or 0)
     train_step, eval_step = _jit_steps(start.model, data.pre, data.num_classes, cfg.label_smoothing,
                                        mesh, schedule(opt_cfg), opt_cfg)
     logs = MetricLog(run_dir, enabled=main_process, tensorboard=cfg.tensorboard)
@@ -523,7 +524,6 @@ def _train_locked(cfg: TrainConfig, given: TrainConfig, data: _Data, mesh, run_d
     finally:
         saver.close()
         logs.close()
-        ckpts.close()
     return _summary(cfg, data, test, val, run_dir, latest_step, best, logs, main_process)
 
 
