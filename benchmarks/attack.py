@@ -66,7 +66,8 @@ def prepare(fixtures_dir: str | None) -> tuple[dict, dict, Path, bool]:
     return fx, env, root, fixtures_dir is None
 
 
-def run_all(cases, fx, env, scratch: Path, jobs: int) -> list[dict]:
+def run_all(cases, fx, env, scratch: Path, jobs: int, out: Path | None = None) -> list[dict]:
+    """Run the cases; after each one, the results so far go to ``out`` (marked partial)."""
     results = []
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         futures = {pool.submit(run_case, c, fx, env, scratch): c for c in cases}
@@ -76,6 +77,8 @@ def run_all(cases, fx, env, scratch: Path, jobs: int) -> list[dict]:
             flag = "" if not r["unexpected"] else "  <--"
             print(f"[{len(results):3d}/{len(cases)}] {r['outcome']:<17} {r['name']}{flag}",
                   file=sys.stderr, flush=True)
+            if out is not None:
+                out.write_text(json.dumps({"partial": True, "cases": results}, indent=1))
     order = {c.name: i for i, c in enumerate(cases)}
     return sorted(results, key=lambda r: order[r["name"]])
 
@@ -105,10 +108,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="attack_report.json", help="JSON report path")
     p.add_argument("--fixtures", help="make (or reuse) the fixtures in this directory")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
+    p.add_argument("--rerun", metavar="REPORT",
+                   help="run again only the cases that were not as expected in this earlier "
+                        "JSON report, and report all of its cases with the new results")
     p.add_argument("--summary", metavar="TXT",
                    help="also write the counts and the remaining cases to this text file")
     args = p.parse_args(argv)
     cases = all_cases()
+    earlier = []
+    if args.rerun:
+        earlier = json.loads(Path(args.rerun).read_text())["cases"]
+        again = {r["name"] for r in earlier if r["unexpected"]}
+        cases = [c for c in cases if c.name in again]
     if args.only:
         cases = [c for c in cases if re.search(args.only, c.name)]
     if args.list:
@@ -119,12 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="cases-", dir=root))
     start = time.monotonic()
     try:
-        results = run_all(cases, fx, env, scratch, args.jobs)
+        results = run_all(cases, fx, env, scratch, args.jobs, Path(args.out))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         if made_here:
             (root / "readonly").chmod(0o755)
             shutil.rmtree(root, ignore_errors=True)
+    if earlier:
+        fresh = {r["name"]: r for r in results}
+        results = [fresh.get(r["name"], r) for r in earlier]
     text = report(results)
     print(text)
     counts = collections.Counter(r["outcome"] for r in results)
