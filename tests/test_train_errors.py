@@ -201,27 +201,34 @@ def test_ctrl_c_during_a_save_finishes_the_save_then_exits_130(small_run, tmp_pa
     resnet_jax.checkpoint.load_step(run / "3")  # complete, and its checksum holds
 
 
-def _interrupted_python(code_before: str, argv: list[str], delay: float, cwd) -> subprocess.CompletedProcess:
-    """Run ``argv`` (a script and its arguments) in a fresh interpreter that receives
-    SIGINT ``delay`` seconds after it starts."""
-    code = ("import os, signal, sys, threading, runpy; "
-            f"t = threading.Timer({delay}, os.kill, (os.getpid(), signal.SIGINT)); t.daemon = True; "
-            "t.start(); "
-            f"{code_before}; sys.argv = {argv!r}; runpy.run_path(sys.argv[0], run_name='__main__')")
+def _interrupted_python(code_before: str, argv: list[str], cwd) -> subprocess.CompletedProcess:
+    """Run ``argv`` (a script and its arguments) in a fresh interpreter after ``code_before``
+    (which arranges for a SIGINT)."""
+    code = f"import os, signal, sys, runpy; {code_before}; sys.argv = {argv!r}; " \
+           "runpy.run_path(sys.argv[0], run_name='__main__')"
     env = {**os.environ, "PYTHONPATH": str(REPO), "RESNET_JAX_CACHE": "off"}
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 
 
+# SIGINT as the script starts to import jax (a finder consulted first sends it).
+SIGINT_AT_JAX_IMPORT = (
+    "sys.meta_path.insert(0, type('Interrupt', (), {'find_spec': lambda self, name, *a: "
+    "(name == 'jax' and os.kill(os.getpid(), signal.SIGINT)) or None})())")
+# SIGINT inside orbax's save of a step.
+SIGINT_IN_SAVE = (
+    "import orbax.checkpoint as ocp, time; real = ocp.CheckpointManager.save; "
+    "ocp.CheckpointManager.save = lambda self, *a, **k: (os.kill(os.getpid(), signal.SIGINT), "
+    "time.sleep(0.05), real(self, *a, **k))[2]")
+
+
 def test_ctrl_c_during_imports_or_a_save_prints_no_traceback(tmp_path):
-    early = _interrupted_python("pass", [str(REPO / "train.py"), *TINY_ARGS, "--output", "a"], 0.05, tmp_path)
+    early = _interrupted_python(SIGINT_AT_JAX_IMPORT, [str(REPO / "train.py"), *TINY_ARGS, "--output", "a"],
+                                tmp_path)
     assert early.returncode == 130, early.stderr
     assert early.stderr.strip() == "interrupted"
-    # A SIGINT that lands inside orbax's save: the save completes, then the run stops.
-    patch = ("import orbax.checkpoint as ocp, time; real = ocp.CheckpointManager.save; "
-             "ocp.CheckpointManager.save = lambda self, *a, **k: (os.kill(os.getpid(), signal.SIGINT), "
-             "time.sleep(0.05), real(self, *a, **k))[2]")
-    late = _interrupted_python(patch, [str(REPO / "train.py"), *TINY_ARGS, "--output", "b"], 3600, tmp_path)
+    assert not (tmp_path / "a").exists()
+    late = _interrupted_python(SIGINT_IN_SAVE, [str(REPO / "train.py"), *TINY_ARGS, "--output", "b"], tmp_path)
     assert late.returncode == 130, late.stderr
     assert "Traceback" not in late.stderr and "Event loop is closed" not in late.stderr
     assert late.stderr.strip().splitlines()[-1] == "interrupted"
