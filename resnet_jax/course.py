@@ -120,6 +120,9 @@ def session(notebook_file: str, argv: list[str] | None = None) -> Session:
     fast = os.environ.get(FAST_ENV, "").lower() in ("1", "true", "yes") or "--fast" in argv
     positional = [a for a in argv if not a.startswith("-")]
     root = Path(os.environ.get(OUT_ENV) or (positional[0] if positional else DEFAULT_OUT))
+    from .cli import enable_compilation_cache
+
+    enable_compilation_cache()  # RESNET_JAX_CACHE, as the resnet-jax command
     name = Path(notebook_file).stem
     out = root / name
     out.mkdir(parents=True, exist_ok=True)
