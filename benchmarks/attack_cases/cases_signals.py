@@ -54,9 +54,12 @@ def sigint_after(delay: float):
         start = time.monotonic()
         proc = spawn(ctx.argv(case.argv), ctx, case)
         time.sleep(delay)
-        if proc.poll() is None:
+        sent = proc.poll() is None
+        if sent:
             os.killpg(proc.pid, signal.SIGINT)
         ctx.result = finish(proc, case.timeout, start)
+        if sent and ctx.result.rc == 0:
+            return "silently wrong", f"SIGINT after {delay} s ignored: ran on to exit 0"
         return interrupted(ctx.result, f"SIGINT after {delay} s")
     return runner
 
