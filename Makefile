@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 # torch/torchvision used as the tests' references; override for another platform.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup train demo test test-all bench lint clean
+.PHONY: setup train demo course test test-all bench lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ demo: setup
 	  torch.save(torchvision.models.resnet18().state_dict(), 'outputs/resnet18_random.pth')"
 	$(BIN)/python convert_weights.py --weights outputs/resnet18_random.pth \
 	  --out outputs/resnet18 --verify --overwrite
+
+# The course's nine notebooks (course/*.py), full settings; COURSE_FLAGS=--fast for the
+# quick run the tests make. The gallery in docs/course.md was made with
+#   resnet-jax course --out outputs/course --gallery docs/course
+course: setup
+	$(BIN)/resnet-jax course --out outputs/course $(COURSE_FLAGS)
 
 test: setup
 	$(BIN)/python -m pytest -q -n 2
