@@ -18,6 +18,7 @@ import collections
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -126,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(f"{c.expect:<5} {c.name}  [{c.owner}]" for c in cases))
         print(f"{len(cases)} cases", file=sys.stderr)
         return 0
+    # A harness started in the background (cmd &) ignores SIGINT, and its children would
+    # inherit that; a handled signal is reset to the default across exec.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     fx, env, root, made_here = prepare(args.fixtures)
     scratch = Path(tempfile.mkdtemp(prefix="cases-", dir=root))
     start = time.monotonic()
