@@ -73,6 +73,12 @@ class Session:
         path = self.path(filename)
         fig.savefig(path, dpi=dpi)
         plt.close(fig)
+        if path.stat().st_size > GALLERY_LIMIT:  # photographs: a 256-colour palette
+            from PIL import Image
+
+            with Image.open(path) as im:
+                small = im.convert("RGB").quantize(256)
+            small.save(path, optimize=True)
         if filename not in self.figures:
             self.figures.append(filename)
         print(f"wrote {path}")
