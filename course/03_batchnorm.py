@@ -79,7 +79,7 @@ STEPS = 3
 running_mean, running_var = np.zeros(C), np.ones(C)
 v = variables
 history = []
-for step in range(STEPS):
+for _ in range(STEPS):
     xb = batch()
     n = xb.size // C
     running_mean = (1 - MOMENTUM) * running_mean + MOMENTUM * xb.mean((0, 1, 2))

@@ -81,6 +81,7 @@ class Session:
             small.save(path, optimize=True)
         if filename not in self.figures:
             self.figures.append(filename)
+        self.record()  # results.json lists the figure
         print(f"wrote {path}")
         return path
 
