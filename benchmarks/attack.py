@@ -1,14 +1,18 @@
 """Replay the reliability attack: bad inputs to every command, signals, concurrent runs.
 
     python -m benchmarks.attack [--only PATTERN] [--jobs N] [--out report.json]
-                                [--fixtures DIR] [--list]
+                                [--fixtures DIR] [--list] [--rerun report.json]
+                                [--summary counts.txt]
 
 Fixtures (a tiny trained run, a converted random resnet18, unusual and broken images,
 malicious pickles, damaged weights and data folders) are made once in a temp dir, or
 reused from ``--fixtures DIR``. Each case runs as a subprocess with every cache and home
 inside that dir, and is classified as one of: clear error, handled correctly, traceback,
 silently wrong, code executed, data lost (see ``benchmarks/attack_cases/core.py``).
-Prints one line per case and the counts; writes the details as JSON.
+Prints one line per case and the counts; writes the details as JSON (after each case, so
+a cut-short run keeps its results). ``--rerun`` runs again only the cases of an earlier
+report that were not as expected. It needs root for the full-disk (tmpfs) and read-only
+cases, util-linux's ``prlimit`` and ``setpriv``, and torch + torchvision for the fixtures.
 """
 
 from __future__ import annotations
