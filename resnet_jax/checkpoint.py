@@ -339,6 +339,18 @@ class _DropThreadFailureLogs(logging.Filter):
         return "_SignalingThread.run() raised" not in record.getMessage()
 
 
+class _DropUnretrievedWriteErrors(logging.Filter):
+    """After a failed save, orbax's remaining write futures fail with the same error and
+    asyncio logs each one when it is collected, possibly at exit: the error was reported."""
+
+    def filter(self, record):
+        return not (record.getMessage().startswith("Future exception was never retrieved")
+                    and record.exc_info and isinstance(record.exc_info[1], OSError))
+
+
+_UNRETRIEVED = _DropUnretrievedWriteErrors()
+
+
 @contextlib.contextmanager
 def quiet_failures():
     """Around a save: orbax's thread failure logs are dropped, and what is printed on file
@@ -366,6 +378,7 @@ def quiet_failures():
         ok = True
     finally:
         if not ok:
+            logging.getLogger("asyncio").addFilter(_UNRETRIEVED)  # once: filters are a set
             gc.collect()  # the failed save's pending writes end while stderr is held
             time.sleep(0.2)
         if saved is not None:

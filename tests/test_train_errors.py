@@ -234,3 +234,35 @@ def test_ctrl_c_during_imports_or_a_save_prints_no_traceback(tmp_path):
     assert late.stderr.strip().splitlines()[-1] == "interrupted"
     (step,) = [p for p in (tmp_path / "b").iterdir() if p.name.isdigit()]
     resnet_jax.checkpoint.load_step(step)
+
+
+@pytest.mark.parametrize("batch", ["0", "-1"])
+def test_evaluate_refuses_a_batch_size_below_one(small_run, batch, capsys):
+    code = cli_main(["evaluate", "--checkpoint", str(small_run), "--batch-size", batch])
+    assert code == 2 and f"--batch-size must be at least 1, got {batch}" in capsys.readouterr().err
+
+
+def test_stage_widths_that_do_not_match_the_stages_are_refused(tmp_path, capsys):
+    args = [a for a in TINY_ARGS if a not in ("my_resnet", "--arch")]
+    code = cli_main(["train", *args, "--arch", "resnet18", "--output", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "4 stages" in err and "(8, 16)" in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_outputs_never_replace_what_is_not_a_regular_file(small_run, tmp_path, kind, capsys):
+    """evaluate's and visualize's pictures are written by a rename; a device, pipe or folder
+    standing at the output path is refused, never renamed over."""
+    target = tmp_path / "out.png"
+    os.mkfifo(target) if kind == "fifo" else target.mkdir()
+    for argv in (["evaluate", "--checkpoint", str(small_run), "--output", str(target)],
+                 ["visualize", "--weights", str(small_run), "--class", "0", "--steps", "2",
+                  "--out", str(target)]):
+        code = cli_main(argv)
+        err = capsys.readouterr().err
+        if kind == "folder" and argv[0] == "evaluate":  # a folder is where the picture goes
+            assert code == 0 and len(list(target.glob("confusion_*.png"))) == 1
+            continue
+        assert code == 1 and str(target) in err and len(err.strip().splitlines()) == 1, err
+        assert target.is_fifo() if kind == "fifo" else target.is_dir()

@@ -174,18 +174,6 @@ def check_output_dir(path: Path) -> None:
         raise FileNotFoundError(errno.ENOENT, f"its parent folder {what}", str(path))
 
 
-def check_output_file(path: Path) -> None:
-    """Fail before any work when ``path`` cannot be written as a PNG file."""
-    import errno
-
-    if path.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "is a folder; --out takes a .png file name",
-                                str(path))
-    if not path.parent.is_dir():
-        what = "is not a folder" if path.parent.exists() else "does not exist"
-        raise FileNotFoundError(errno.ENOENT, f"the folder {path.parent} {what}", str(path))
-
-
 def output_dir(path: Path) -> Path:
     """``path`` as a folder for outputs: created if missing (its parent must exist)."""
     check_output_dir(path)
@@ -195,19 +183,11 @@ def output_dir(path: Path) -> Path:
 
 def save_npy(path: Path, array) -> Path:
     """``np.save`` through a temporary sibling and a rename (no partial file on failure)."""
-    import os
-
     import numpy as np
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
-    return path
+    from ..files import write_atomically
+
+    return write_atomically(path, lambda tmp: np.save(tmp, array))
 
 
 def run_gradcam(args) -> int:
@@ -308,6 +288,7 @@ def visualize_target(args, model, shapes, names):
 def run_visualize(args) -> int:
     import numpy as np
 
+    from ..files import check_output_file
     from ..viz.overlays import save_grid
     from . import objectives as O
     from .base import layer_shapes

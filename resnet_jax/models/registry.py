@@ -102,6 +102,12 @@ def create_model(arch: str, num_classes: int | None = None, **options) -> nn.Mod
     if num_classes is not None:
         config["num_classes"] = int(num_classes)
     config.update(options)
+    sizes, widths = config.get("stage_sizes"), config.get("stage_widths")
+    if sizes is not None and widths is not None and len(sizes) != len(widths):
+        raise TypeError(
+            f"{arch} has {len(sizes)} stages (stage_sizes {tuple(sizes)}) but "
+            f"{len(widths)} stage widths {tuple(widths)} were given; give one width per stage"
+        )
     return spec.module(**config)
 
 

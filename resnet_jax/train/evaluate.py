@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import ResNetJaxError
+from ..files import write_atomically
 
 
 def _png_path(output, run_root: Path, dataset: str, split: str) -> Path:
@@ -27,19 +28,6 @@ def _png_path(output, run_root: Path, dataset: str, split: str) -> Path:
     return output
 
 
-def _write_png(write, path: Path) -> Path:
-    """``write(tmp)`` then rename onto ``path``: a failure leaves no partial file."""
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix or '.png'}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OSError(e.errno, e.strerror, str(path)) from e
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def evaluate_checkpoint(checkpoint, dataset: str | None = None, split: str = "test",
                         batch_size: int = 128, output=None, strict: bool = False,
                         unknown_classes: str = "error") -> dict:
@@ -50,6 +38,9 @@ def evaluate_checkpoint(checkpoint, dataset: str | None = None, split: str = "te
     warning; examples whose logits are not finite count as wrong, with a warning.
     """
     import dataclasses
+
+    if not batch_size >= 1:
+        raise ResNetJaxError(f"--batch-size must be at least 1, got {batch_size}")
 
     from ..checkpoint import load_checkpoint
     from ..data import Loader, Preprocess, load_splits
@@ -105,7 +96,7 @@ def evaluate_checkpoint(checkpoint, dataset: str | None = None, split: str = "te
         total = int(matrix[i].sum())
         acc = matrix[i, i] / total if total else float("nan")
         lines.append(f"  {str(name):>{width}}  {acc:7.2%}  ({matrix[i, i]}/{total})")
-    png = _write_png(lambda tmp: plot_confusion_matrix(
-        matrix, [str(n) for n in names], tmp, title=f"{dataset} {split}: accuracy {result.accuracy:.2%}"), png)
+    png = write_atomically(png, lambda tmp: plot_confusion_matrix(
+        matrix, [str(n) for n in names], tmp, title=f"{dataset} {split}: accuracy {result.accuracy:.2%}"))
     return {"accuracy": result.accuracy, "matrix": matrix, "report": "\n".join(lines),
             "confusion_png": str(png), "count": result.count, "class_names": list(names)}

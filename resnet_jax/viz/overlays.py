@@ -14,7 +14,6 @@ are written to a temporary sibling and renamed into place, so no partial PNG is 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -286,30 +285,13 @@ def save_grid(path, images: Sequence, labels: Sequence[str] | None = None,
 
 def write_png(path, pixels: np.ndarray) -> Path:
     """Write uint8 RGB ``pixels`` to ``path`` through a temporary sibling and a rename, so
-    an interrupted or failed write leaves no partial file. The parent folder must exist;
-    failures raise OSError naming ``path``."""
-    import errno
-
+    an interrupted or failed write leaves no partial file (``resnet_jax.files``)."""
     from PIL import Image
 
-    path = Path(path)
-    parent = path.parent
-    if path.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "is a directory; give a .png file name", str(path))
-    if not parent.is_dir():
-        what = "is not a directory" if parent.exists() else "does not exist"
-        raise FileNotFoundError(errno.ENOENT, f"the folder {parent} {what}", str(path))
-    tmp = parent / f".{path.name}.{os.getpid()}.partial"
-    try:
-        Image.fromarray(np.ascontiguousarray(pixels)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    from ..files import write_atomically
+
+    image = Image.fromarray(np.ascontiguousarray(pixels))
+    return write_atomically(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 __all__ = ["cam_figure", "caption_strip", "colorbar", "colorize", "dead_tile", "enlarge",
