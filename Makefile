@@ -31,8 +31,8 @@ demo: setup
 	  --out outputs/resnet18 --verify --overwrite
 
 # The course's nine notebooks (course/*.py), full settings; COURSE_FLAGS=--fast for the
-# quick run the tests make. The gallery in docs/course.md was made with (fast run)
-#   resnet-jax course --fast --out outputs/course --gallery docs/course
+# quick run the tests make. The gallery in docs/course.md was made with
+#   resnet-jax course --out outputs/course --gallery docs/course
 course: setup
 	$(BIN)/resnet-jax course --out outputs/course $(COURSE_FLAGS)
 
