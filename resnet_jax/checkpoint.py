@@ -351,6 +351,24 @@ class _DropUnretrievedWriteErrors(logging.Filter):
 _UNRETRIEVED = _DropUnretrievedWriteErrors()
 
 
+def _drop_closed_loop_reports() -> None:
+    """After a failed save, tensorstore's callbacks for its remaining writes find orbax's
+    event loop closed and print that through ``sys.excepthook``, possibly after the one
+    line that reported the failure: those reports are dropped, all others kept."""
+    import sys
+
+    hook = sys.excepthook
+    if getattr(hook, "_drops_closed_loop", False):
+        return
+
+    def excepthook(kind, value, tb):
+        if not (kind is RuntimeError and str(value) == "Event loop is closed"):
+            hook(kind, value, tb)
+
+    excepthook._drops_closed_loop = True
+    sys.excepthook = excepthook
+
+
 @contextlib.contextmanager
 def quiet_failures():
     """Around a save: orbax's thread failure logs are dropped, and what is printed on file
@@ -379,6 +397,7 @@ def quiet_failures():
     finally:
         if not ok:
             logging.getLogger("asyncio").addFilter(_UNRETRIEVED)  # once: filters are a set
+            _drop_closed_loop_reports()
             gc.collect()  # the failed save's pending writes end while stderr is held
             time.sleep(0.2)
         if saved is not None:

@@ -107,10 +107,17 @@ def run(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, previous)
     gc.freeze()
     try:
-        return main(argv)
+        status = main(argv)
     except KeyboardInterrupt:  # between main's own handlers
         print("interrupted", file=sys.stderr)
         return 130
+    if status == 1:
+        # A file-system failure, reported: writes of a failed save may still run on
+        # background threads, and their own reports of it would follow that one line.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 if __name__ == "__main__":
