@@ -37,6 +37,20 @@ def test_the_course_has_the_nine_slides_as_notebooks():
         assert "format_name: percent" in text, p
 
 
+def test_jupyter_opens_each_notebook_with_its_markdown_and_code_cells():
+    """jupytext reads each file as a notebook whose cells are the file's cells, and writes
+    their text back unchanged (what Jupyter shows is what the script runs)."""
+    jupytext = pytest.importorskip("jupytext")
+    for p in course_mod.notebooks():
+        text = p.read_text()
+        nb = jupytext.reads(text, fmt="py:percent")
+        kinds = {c.cell_type for c in nb.cells}
+        assert kinds == {"markdown", "code"}, p
+        assert sum(c.cell_type == "code" for c in nb.cells) == text.count("# %%\n"), p
+        body = jupytext.writes(nb, fmt="py:percent").split("# ---\n", 2)[-1]
+        assert body.strip() == text.split("# ---\n", 2)[-1].strip(), p
+
+
 def test_every_notebook_runs_and_writes_its_figures(course_run):
     rc, out = course_run
     assert rc == 0, [(n, (out / n / "log.txt").read_text()[-2000:]) for n in NOTEBOOKS
