@@ -155,17 +155,24 @@ def resolve(directory) -> Path:
     raise _no_checkpoint(directory)
 
 
+def read_json(file: Path, missing: str, damaged: str):
+    """The JSON in ``file``, or a one-line error naming it: missing (``missing`` says what
+    that means) or not valid JSON (``damaged``)."""
+    try:
+        return json.loads(Path(file).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{file} is missing; {missing}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file} is not valid JSON ({e}); {damaged}") from None
+
+
 def read_config(path: Path) -> dict:
     """The config item of the checkpoint at ``path``, or a one-line error naming the file."""
     file = Path(path) / CONFIG_ITEM / CONFIG_FILE
     if not (Path(path) / CONFIG_ITEM).is_dir():
         raise CheckpointError(f"{path}: the '{CONFIG_ITEM}/' item is missing; the checkpoint is incomplete")
-    try:
-        config = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{file} is missing; the checkpoint's config is incomplete") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{file} is not valid JSON ({e}); the config was damaged or edited") from None
+    config = read_json(file, "the checkpoint's config is incomplete",
+                       "the config was damaged or edited")
     if not isinstance(config, dict):
         raise CheckpointError(f"{file} holds a JSON {type(config).__name__}, expected an object")
     return config

@@ -115,14 +115,14 @@ class Preprocessing:
             raise ResNetJaxError(f"image {i} has shape {a.shape}; expected HW or HWC with 1, 3 "
                                  "or 4 channels")
         if a.dtype == np.uint8:
-            a = _channels_uint8(a, self.channels)
+            a = _to_channels(a, self.channels)
             return eval_transform(a, pre).astype(np.float32) * np.float32(1.0 / 255.0)
         a = a.astype(np.float32)
         if not np.all(np.isfinite(a)) or a.min() < -1e-3 or a.max() > 1 + 1e-3:
             raise ResNetJaxError(
                 f"image {i} has values in [{np.nanmin(a):.3g}, {np.nanmax(a):.3g}]; give raw "
                 "images as uint8 or floats in [0, 1] (already normalised ones need no preprocess=)")
-        return _eval_float(_channels_float(a, self.channels), pre)
+        return _eval_float(_to_channels(a, self.channels), pre)
 
 
 def _as_items(images) -> list:
@@ -138,8 +138,9 @@ def _as_items(images) -> list:
     raise ResNetJaxError(f"expected an image (HW or HWC) or a batch (NHW or NHWC), got shape {a.shape}")
 
 
-def _channels_uint8(a: np.ndarray, channels: int) -> np.ndarray:
-    """Drop alpha, then convert as PIL does (L -> RGB repeats, RGB -> L by ITU-R 601-2)."""
+def _to_channels(a: np.ndarray, channels: int) -> np.ndarray:
+    """Drop alpha, then convert as PIL does (L -> RGB repeats, RGB -> L by ITU-R 601-2;
+    uint8 through PIL itself, for its rounding)."""
     from PIL import Image
 
     c = a.shape[-1]
@@ -149,17 +150,8 @@ def _channels_uint8(a: np.ndarray, channels: int) -> np.ndarray:
         return a
     if c == 1:
         return np.repeat(a, 3, axis=-1)
-    return np.asarray(Image.fromarray(np.ascontiguousarray(a)).convert("L"))[..., None]
-
-
-def _channels_float(a: np.ndarray, channels: int) -> np.ndarray:
-    c = a.shape[-1]
-    if c in (2, 4):
-        a, c = a[..., : c - 1], c - 1
-    if c == channels:
-        return a
-    if c == 1:
-        return np.repeat(a, 3, axis=-1)
+    if a.dtype == np.uint8:
+        return np.asarray(Image.fromarray(np.ascontiguousarray(a)).convert("L"))[..., None]
     return (a @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
 
 

@@ -12,7 +12,6 @@ variables and ``train`` that of the optimizer state; both are verified on resume
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import shutil
@@ -27,6 +26,7 @@ from ..checkpoint import (
     interrupts_deferred,
     model_variables,
     quiet_failures,
+    read_json,
     save_args,
     tree_checksum,
 )
@@ -140,12 +140,7 @@ class RunCheckpoints:
     def read_train_info(self, step: int) -> dict:
         """The ``train`` item of ``step`` (JSON), or a one-line error naming the file."""
         file = self.directory / str(step) / TRAIN_ITEM / "metadata"
-        try:
-            info = json.loads(file.read_text())
-        except FileNotFoundError:
-            raise CheckpointError(f"{file} is missing; step {step} is incomplete") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{file} is not valid JSON ({e}); step {step} is damaged") from None
+        info = read_json(file, f"step {step} is incomplete", f"step {step} is damaged")
         if not isinstance(info, dict) or "data" not in info:
             raise CheckpointError(f"{file} does not hold a training state; step {step} is damaged")
         return info
