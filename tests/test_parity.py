@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 
 import jax
 import numpy as np
@@ -108,11 +110,13 @@ def test_train_mode_gradients_match_torchvision(arch):
     """Weight gradients of a train-mode cross-entropy loss, traced with the train step's
     gradient rules (``fast_gradients``), against torchvision's in float64.
 
-    With random weights some gradients are ill-conditioned (sums that nearly cancel):
-    torchvision's own float32 gradients are up to ~1e-2 from its float64 ones for a few
-    BatchNorm biases. So the bound is relative to torchvision's float32 error: over all
-    gradients together at most twice it (or 1e-5), and for each tensor at most five
-    times it (or 1e-4), which a wrongly mapped or wrongly computed tensor (error ~1) fails."""
+    With random weights some gradients are ill-conditioned (sums that nearly cancel), and
+    how far a float32 computation drifts from float64 depends on the processor: on an AVX2
+    machine XLA:CPU's own gradients (plain lax, no custom rules) drift ~1e-2 where
+    torchvision's drift ~3e-4. So the train step's rules are held to the backend's plain
+    gradients (within 1e-4 of their drift, or 1e-5), and both to float64 torchvision within
+    five times the larger float32 drift (or 1e-4) per tensor, twice it over all gradients,
+    never above 5e-2: a wrongly mapped or wrongly computed tensor (error ~1) fails."""
     from resnet_jax.models.autodiff import fast_gradients
     from resnet_jax.port import to_torch
 
@@ -124,15 +128,18 @@ def test_train_mode_gradients_match_torchvision(arch):
     x = rng.standard_normal((4, 128, 128, 3)).astype(np.float32)
     labels = rng.integers(0, 1000, 4)
 
-    def loss(params):
-        with fast_gradients():  # as make_train_step traces the step
+    def loss(params, fast):
+        with fast_gradients() if fast else contextlib.nullcontext():  # as make_train_step
             logits, _ = model.apply({**variables, "params": params}, x, train=True,
                                     mutable=["batch_stats"])
         logp = jax.nn.log_softmax(logits)
         return -np.float32(1 / len(labels)) * logp[np.arange(len(labels)), labels].sum()
 
-    grads = jax.jit(jax.grad(loss))(variables["params"])
-    ours = to_torch({**variables, "params": grads}, model)
+    def grads(fast):
+        g = jax.jit(jax.grad(functools.partial(loss, fast=fast)))(variables["params"])
+        return {k: v.numpy() for k, v in to_torch({**variables, "params": g}, model).items()}
+
+    ours, plain = grads(True), grads(False)
 
     def torch_grads(dtype):
         m = copy.deepcopy(tv).to(dtype)
@@ -142,11 +149,13 @@ def test_train_mode_gradients_match_torchvision(arch):
 
     ref64, ref32 = torch_grads(torch.float64), torch_grads(torch.float32)
     for k in ref64:
-        err, own = rel_err(ours[k].numpy(), ref64[k]), rel_err(ref32[k], ref64[k])
-        assert err <= max(1e-4, 5 * own), f"{arch} {k}: {err:.2e} (torch float32: {own:.2e})"
+        err, drift = rel_err(ours[k], ref64[k]), rel_err(plain[k], ref64[k])
+        own = max(rel_err(ref32[k], ref64[k]), drift)
+        assert rel_err(ours[k], plain[k]) <= max(1e-5, 1e-4 + drift), f"{arch} {k}: rules"
+        assert err <= min(5e-2, max(1e-4, 5 * own)), f"{arch} {k}: {err:.2e} (float32: {own:.2e})"
     flat = {name: np.concatenate([np.ravel(g[k]) for k in ref64])
-            for name, g in [("ours", {k: v.numpy() for k, v in ours.items()}),
-                            ("64", ref64), ("32", ref32)]}
-    err, own = rel_err(flat["ours"], flat["64"]), rel_err(flat["32"], flat["64"])
-    print(f"{arch}: all gradients {err:.2e} from float64 (torchvision float32: {own:.2e})")
-    assert err <= max(1e-5, 2 * own)
+            for name, g in [("ours", ours), ("plain", plain), ("64", ref64), ("32", ref32)]}
+    err = rel_err(flat["ours"], flat["64"])
+    own = max(rel_err(flat["32"], flat["64"]), rel_err(flat["plain"], flat["64"]))
+    print(f"{arch}: all gradients {err:.2e} from float64 (float32 drift: {own:.2e})")
+    assert err <= min(5e-2, max(1e-5, 2 * own))
