@@ -405,8 +405,13 @@ def quiet_failures():
         if not ok:
             logging.getLogger("asyncio").addFilter(_UNRETRIEVED)  # once: filters are a set
             _drop_closed_loop_reports()
-            gc.collect()  # the failed save's pending writes end while stderr is held
-            time.sleep(0.2)
+            # The failed save's pending writes end while stderr is held: until what they
+            # print has been quiet for 0.3 s (at most 3 s).
+            gc.collect()
+            deadline, size = time.monotonic() + 3.0, -1
+            while time.monotonic() < deadline and os.fstat(held.fileno()).st_size != size:
+                size = os.fstat(held.fileno()).st_size
+                time.sleep(0.3)
         if saved is not None:
             os.dup2(saved, 2)
             os.close(saved)
