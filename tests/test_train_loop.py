@@ -172,16 +172,21 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     assert rc == 2 and len(err) == 1 and "['b']" in err[0] and "hold no images" in err[0]
 
 
-def test_corrupt_images_are_skipped_with_a_warning_or_fail_under_strict(tmp_path, capsys):
+def _folder_with_a_broken_image(root, per_class: int, side: int):
+    """Classes a and b of random ``side``-pixel PNGs, and a/broken.png that is not an image."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    root = tmp_path / "imgs"
     for cls in ("a", "b"):
         (root / cls).mkdir(parents=True)
-        for i in range(12):
-            Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
     (root / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    return root
+
+
+def test_corrupt_images_are_skipped_with_a_warning_or_fail_under_strict(tmp_path, capsys):
+    root = _folder_with_a_broken_image(tmp_path / "imgs", 12, 10)
     args = ["train", "--dataset", str(root), "--arch", "my_resnet", "--stage-widths", "8,16",
             "--image-size", "8", "--batch-size", "8", "--epochs", "1", "--no-progress",
             "--no-tensorboard", "--no-plots", "--output"]
@@ -433,15 +438,7 @@ def test_metrics_hold_each_step_once_after_a_resume(two_step_run, tmp_path):
 
 
 def test_unreadable_image_is_reported_once(tmp_path, capsys):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    root = tmp_path / "imgs"
-    for cls in ("a", "b"):
-        (root / cls).mkdir(parents=True)
-        for i in range(10):
-            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
-    (root / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    root = _folder_with_a_broken_image(tmp_path / "imgs", 10, 8)
     assert cli_main(["train", "--dataset", str(root), "--arch", "my_resnet", "--stage-widths", "8,16",
                      "--image-size", "8", "--batch-size", "4", "--epochs", "1", "--max-steps", "1",
                      "--no-progress", "--no-tensorboard", "--no-plots", "--output", str(tmp_path / "r")]) == 0
