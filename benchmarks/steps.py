@@ -84,8 +84,8 @@ def jax_infer(arch: str, batch: int, size: int, dtype=None, block: bool = True):
     import jax.numpy as jnp
 
     from resnet_jax import create_model, init_variables
-    from resnet_jax.models.layers import inference_jit
     from resnet_jax.train.step import normalize
+    from resnet_jax.xla_cpu import inference_jit
 
     kw = {} if dtype is None else {"dtype": jnp.dtype(dtype)}
     model = create_model(arch, **kw)

@@ -24,12 +24,8 @@ COMMAND_MODULES = [
 ]
 
 
-UserError = ResNetJaxError  # raised by commands for a mistake in their input
-
-
 def enable_compilation_cache() -> None:
-    """Persist compiled XLA programs across processes (``RESNET_JAX_CACHE`` to relocate),
-    and the traced train steps beside them (``resnet_jax.train.trace_cache``)."""
+    """Persist compiled XLA programs across processes (``RESNET_JAX_CACHE`` to relocate)."""
     import jax
 
     path = os.environ.get("RESNET_JAX_CACHE", os.path.expanduser("~/.cache/resnet_jax/xla"))
@@ -38,9 +34,6 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    from .train import trace_cache
-
-    trace_cache.enable(os.path.join(path, "resnet_jax_traces"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +93,9 @@ def run(argv: list[str] | None = None) -> int:
     live as long as the process), so no later collection traverses them. ``main``, which
     other programs and the tests call inside a process they keep, does neither.
     """
+    from . import xla_cpu
+
+    xla_cpu.configure()
     previous = signal.signal(signal.SIGINT, _exit_interrupted)
     import flax.linen  # noqa: F401
     import jax  # noqa: F401

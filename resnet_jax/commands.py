@@ -78,7 +78,7 @@ def run_predict(args) -> int:
     import numpy as np
 
     from .explain.inputs import load_model
-    from .models.layers import inference_jit
+    from .xla_cpu import inference_jit
 
     if args.top <= 0:
         raise ResNetJaxError(f"--top {args.top}: give a positive number of classes to show")

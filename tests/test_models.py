@@ -310,7 +310,7 @@ def test_loop_friendly_gradients_in_a_scan_are_canonical_and_equal():
 
 
 def test_inference_jit_compiles_top_level_programs_with_its_options_and_nests():
-    from resnet_jax.models.layers import inference_compiler_options, inference_jit
+    from resnet_jax.xla_cpu import inference_compiler_options, inference_jit
 
     model = resnet_jax.create_model("resnet18", num_classes=10)
     variables = resnet_jax.init_variables(model, 0, 64)

@@ -18,11 +18,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import xla_cpu
 from ..errors import ResNetJaxError
-from ..models import layers
 from ..models.autodiff import fast_gradients
-from . import base
+from .images import batch_ready, prepare_images
+from .maps import as_batch_maps
 from .methods import get_method
+from .taps import check_layer, layer_shapes, model_variables
+from .targets import normalize_targets, num_classes_of
 
 
 @dataclasses.dataclass
@@ -56,7 +59,7 @@ def compiled(model, method_name: str, layer: str | None, options: tuple = ()):
                                              key=key, **opts)
         return logits, t, maps
 
-    return layers.inference_jit(run)
+    return xla_cpu.inference_jit(run)
 
 
 def explain(model, variables, images, targets=None, layer: str | None = None,
@@ -71,18 +74,18 @@ def explain(model, variables, images, targets=None, layer: str | None = None,
                                  "image_size=, not both")
         shown = preprocess.pixels(images)
         images, image_size = preprocess.normalize(shown), preprocess.image_size
-    ready = base.batch_ready(model, images, image_size)
-    x = base.prepare_images(model, images, image_size)
+    ready = batch_ready(model, images, image_size)
+    x = prepare_images(model, images, image_size)
     n = x.shape[0]
-    t, multi = base.normalize_targets(targets, n, base.num_classes_of(model))
+    t, multi = normalize_targets(targets, n, num_classes_of(model))
     if m.uses_layer:
         if layer is None:
             layer = default_layer(model, variables, x.shape)
-        base.check_layer(model, variables, x.shape, layer)
+        check_layer(model, variables, x.shape, layer)
     else:
         layer = None
     fn = compiled(model, m.name, layer, tuple(sorted(options.items())))
-    v = base.model_variables(variables)
+    v = model_variables(variables)
     step = batch_size or n
     outs = []
     for i in range(0, n, step):
@@ -94,7 +97,7 @@ def explain(model, variables, images, targets=None, layer: str | None = None,
     probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
     scores = np.take_along_axis(probs, tt, axis=1)
     return Explanation(
-        maps=base.as_batch_maps(maps, multi),
+        maps=as_batch_maps(maps, multi),
         targets=tt if multi else tt[:, 0],
         scores=scores if multi else scores[:, 0],
         logits=logits, images=shown if shown is not None else images if ready else np.asarray(x),
@@ -112,7 +115,7 @@ def gradcam(model, variables, images_nhwc, targets=None, layer: str | None = Non
       images_nhwc: without ``preprocess``: a batch (NHWC/NHW) or a list of images of any
         sizes (HW/HWC), already normalised as the model expects; grayscale is repeated for
         an RGB model and sizes are resized as the model requires (see
-        ``base.prepare_images``). With ``preprocess``: raw images (paths, uint8, or floats
+        ``explain.images.prepare_images``). With ``preprocess``: raw images (paths, uint8, or floats
         in [0, 1]) that it resizes, crops and normalises as the model's evaluation does.
       targets: None (each image's predicted class), one class for all, one per image, or a
         (batch, T) table of T classes per image -> maps of shape (batch, T, H, W).
@@ -132,7 +135,7 @@ def gradcam(model, variables, images_nhwc, targets=None, layer: str | None = Non
 
 def default_layer(model, variables, image_shape) -> str:
     """The last stage's output (``layer4`` on torchvision ResNets, ``conv2`` on digit_cnn)."""
-    shapes = base.layer_shapes(model, variables, image_shape)
+    shapes = layer_shapes(model, variables, image_shape)
     stages = [n for n, s in shapes.items() if len(s) == 4 and n.startswith("layer") and "." not in n]
     if stages:
         return stages[-1]

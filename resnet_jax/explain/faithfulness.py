@@ -18,19 +18,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..models.layers import inference_jit
-from . import base
+from ..xla_cpu import inference_jit
+from .taps import model_variables
+from .targets import normalize_targets, num_classes_of, resolve_targets
 
 
 def _probs_fn(model, variables):
-    v = base.model_variables(variables)
+    v = model_variables(variables)
     return lambda x: jax.nn.softmax(model.apply(v, x, train=False), axis=-1)
 
 
 def _targets(model, variables, x, targets):
-    t, _ = base.normalize_targets(targets, x.shape[0], base.num_classes_of(model))
-    logits = model.apply(base.model_variables(variables), x, train=False)
-    return np.asarray(base.resolve_targets(logits, jnp.asarray(t)))[:, 0]
+    t, _ = normalize_targets(targets, x.shape[0], num_classes_of(model))
+    logits = model.apply(model_variables(variables), x, train=False)
+    return np.asarray(resolve_targets(logits, jnp.asarray(t)))[:, 0]
 
 
 def _curve(model, variables, images, maps, targets, steps, baseline, insert):

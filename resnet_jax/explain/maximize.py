@@ -25,13 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from .. import xla_cpu
 from ..errors import ResNetJaxError
-from ..models import layers
 from ..models.autodiff import loop_friendly_gradients
-from . import base
+from .images import expected_hw
 from .objectives import Objective
 from .param import Param, get_param
 from .relu import redirected_relu, relu_variant
+from .taps import apply_with_taps, layer_shapes, model_variables
 from .transforms import compose, standard_transforms
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -59,7 +60,7 @@ def _image_hw(model, image_size, preprocess=None):
             raise ResNetJaxError(f"image size must be a positive whole number of pixels, "
                                  f"got {image_size}")
         sizes = tuple(int(s) for s in sizes)
-    fixed = base.expected_hw(model)
+    fixed = expected_hw(model)
     if fixed is not None and preprocess is not None:
         fixed = (preprocess.image_size, preprocess.image_size)
     if fixed is not None:
@@ -93,7 +94,7 @@ def _transforms(model, transforms, hw, shape, rgb_imagenet: bool):
             raise ResNetJaxError(f"unknown transforms {transforms!r}; use 'auto', "
                                  "'standard', 'none' or a list")
     transforms = list(transforms or [])
-    if transforms and base.expected_hw(model) is not None:
+    if transforms and expected_hw(model) is not None:
         out = jax.eval_shape(compose(transforms), jax.random.key(0),
                              jax.ShapeDtypeStruct(shape, jnp.float32)).shape
         if tuple(out[1:3]) != tuple(hw):
@@ -153,7 +154,7 @@ def make_maximizer(model, objective: Objective, steps: int = 256, *, batch: int 
         x = tf(key, img)
         if norm is not None:
             x = (x - jnp.asarray(norm[0], x.dtype)) / jnp.asarray(norm[1], x.dtype)
-        _, acts = base.apply_with_taps(model, variables, x)
+        _, acts = apply_with_taps(model, variables, x)
         values = objective(acts, img)
         return -jnp.sum(values), values
 
@@ -176,7 +177,7 @@ def make_maximizer(model, objective: Objective, steps: int = 256, *, batch: int 
 
     def segment(carry, variables, k_steps, first: int, n: int, redirected: bool, unroll=1):
         """Steps first .. first + n - 1 as one scan."""
-        variables = base.model_variables(variables)
+        variables = model_variables(variables)
         idx = first + jnp.arange(n)
         with loop_friendly_gradients(), relu_variant(redirected_relu if redirected else None):
             return jax.lax.scan(make_step(variables, k_steps), carry, idx, unroll=unroll)
@@ -194,7 +195,7 @@ def make_maximizer(model, objective: Objective, steps: int = 256, *, batch: int 
             values = jnp.concatenate(history) if history else jnp.zeros((0, b))
             return p.image(carry[0], hw), values
 
-        return layers.inference_jit(run)
+        return xla_cpu.inference_jit(run)
 
     # Chunked: each call runs ``chunk`` steps unrolled (no XLA while loop inside), the
     # carry stays on the device between calls.
@@ -204,7 +205,7 @@ def make_maximizer(model, objective: Objective, steps: int = 256, *, batch: int 
 
     def program(n, redirected):
         if (n, redirected) not in programs:
-            programs[n, redirected] = layers.inference_jit(
+            programs[n, redirected] = xla_cpu.inference_jit(
                 lambda c, v, k, first: segment(c, v, k, first, n, redirected, unroll=True))
         return programs[n, redirected]
 
@@ -228,7 +229,7 @@ def check_objective(model, variables, objective: Objective, image_size=None, pre
     """Raise a ResNetJaxError listing the valid names if the objective reads unknown ones,
     or a unit index out of range."""
     hw = _image_hw(model, image_size, preprocess)
-    shapes = base.layer_shapes(model, variables, (1, hw[0], hw[1], model.in_channels))
+    shapes = layer_shapes(model, variables, (1, hw[0], hw[1], model.in_channels))
     objective.check(shapes)
 
 
@@ -248,7 +249,7 @@ def maximize(model, variables, objective: Objective, steps: int = 256, *, seed: 
     check_objective(model, variables, objective, options.get("image_size"),
                     options.get("preprocess"))
     run = make_maximizer(model, objective, steps, **options)
-    images, values = run(base.model_variables(variables), jax.random.key(seed))
+    images, values = run(model_variables(variables), jax.random.key(seed))
     images = np.asarray(images)
     return (images, np.asarray(values)) if return_values else images
 
@@ -259,7 +260,7 @@ def evaluate(model, variables, objective: Objective, images, normalize="auto",
     x = jnp.asarray(images, jnp.float32)
     norm = _normalization(model, normalize, preprocess)
     xin = x if norm is None else (x - jnp.asarray(norm[0])) / jnp.asarray(norm[1])
-    _, acts = base.apply_with_taps(model, variables, xin)
+    _, acts = apply_with_taps(model, variables, xin)
     return np.asarray(objective(acts, x))
 
 
@@ -268,11 +269,11 @@ def dead_units(model, variables, objective: Objective, images, normalize="auto",
     """(B,) bool: the units that ``images`` (in [0, 1]) leave switched off - objective <= 0
     and no gradient reaching the image - so their maximised image is only the start noise."""
     norm = _normalization(model, normalize, preprocess)
-    v = base.model_variables(variables)
+    v = model_variables(variables)
 
     def total(x):
         xin = x if norm is None else (x - jnp.asarray(norm[0])) / jnp.asarray(norm[1])
-        _, acts = base.apply_with_taps(model, v, xin)
+        _, acts = apply_with_taps(model, v, xin)
         values = objective(acts, x)
         return jnp.sum(values), values
 

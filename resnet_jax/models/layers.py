@@ -11,9 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import functools
 import math
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -25,108 +23,6 @@ import numpy as np
 from .autodiff import conv_general_dilated, max_pool
 
 Dtype = Any
-
-# XLA:CPU hands convolutions to YNNPACK by default in recent jaxlibs; on x86 its
-# convolutions are slower than XLA's own (Eigen) ones, several times slower for the weight
-# gradients of the backward pass (measured in benchmarks/NOTES.md: a ResNet-18 train step
-# ran at 0.55x torchvision's speed with them). The flag takes them away from YNNPACK
-# (which keeps everything else). XLA reads XLA_FLAGS once, when its first backend starts,
-# so this must run before the first computation; importing resnet_jax does it.
-CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
-
-# Per program: inference-type programs (a forward pass, or a forward pass and input
-# gradients) run without YNNPACK fusions. Left on, YNNPACK's reduction fusion grows from
-# the global average pool backwards over ResNet-18's layer3 and layer4 (convolutions,
-# BatchNorm, ReLU) into one YNNPACK subgraph that ran slower than the same layers on
-# XLA's own kernels (benchmarks/NOTES.md, 10a). Training steps keep YNNPACK: their
-# BatchNorm statistics and bias gradients are reductions it runs well.
-_INFERENCE_OPTION = ("xla_cpu_experimental_ynn_fusion_type", "")
-
-
-def _opted_out() -> bool:
-    return os.environ.get("RESNET_JAX_XLA_FLAGS", "1").lower() in ("0", "off", "false", "no")
-
-
-def inference_compiler_options() -> dict[str, str]:
-    """XLA options for ``jax.jit(program, compiler_options=...)`` of inference-type
-    programs (evaluation, prediction, Grad-CAM, activation maximisation): empty unless the
-    default backend is the CPU (and ``RESNET_JAX_XLA_FLAGS=0`` is not set)."""
-    name, value = _INFERENCE_OPTION
-    if _opted_out() or jax.default_backend() != "cpu" or name in _USER_XLA_FLAGS:
-        return {}
-    return {name: value} if _jaxlib_knows(name) else {}
-
-
-def inference_jit(fn, **jit_kwargs):
-    """``jax.jit(fn)`` compiled with ``inference_compiler_options()`` when called on arrays.
-
-    JAX takes compiler options only on a top-level jit, so called inside another trace
-    (``jax.jit``, ``jax.make_jaxpr``, ``jax.vmap`` of the caller's) it is a plain
-    ``jax.jit``.
-    """
-    plain = jax.jit(fn, **jit_kwargs)
-    options = inference_compiler_options()
-    if not options:
-        return plain
-    top = jax.jit(fn, compiler_options=options, **jit_kwargs)
-
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
-        traced = any(isinstance(leaf, jax.core.Tracer)
-                     for leaf in jax.tree_util.tree_leaves((args, kwargs)))
-        return (plain if traced else top)(*args, **kwargs)
-
-    call.lower = top.lower
-    return call
-
-
-def configure_xla_cpu(flags=CPU_XLA_FLAGS) -> bool:
-    """Add ``flags`` to ``XLA_FLAGS`` unless the user set them, opted out, or it is too late.
-
-    Opt out with ``RESNET_JAX_XLA_FLAGS=0``. A flag is added only when this jaxlib knows
-    it (XLA aborts on unknown flags) and only before any JAX backend has started (XLA
-    reads the variable once). Returns whether the environment was changed.
-    """
-    if _opted_out():
-        return False
-    current = os.environ.get("XLA_FLAGS", "")
-    try:
-        from jax._src import xla_bridge
-
-        if getattr(xla_bridge, "_backends", None):
-            return False  # a backend already read XLA_FLAGS
-    except ImportError:  # pragma: no cover - private module moved
-        pass
-    missing = [f for f in flags if f.split("=")[0] not in current and _jaxlib_knows(f)]
-    if not missing:
-        return False
-    os.environ["XLA_FLAGS"] = " ".join([current, *missing]).strip()
-    return True
-
-
-@functools.cache
-def _jaxlib_knows(flag: str) -> bool:
-    """Whether this jaxlib's XLA defines ``flag`` (its name is in the shared library)."""
-    import glob
-    import mmap
-
-    import jaxlib
-
-    name = flag.lstrip("-").split("=")[0].encode()
-    for path in glob.glob(os.path.join(os.path.dirname(jaxlib.__file__), "*jax_common*.so")):
-        try:
-            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-                if m.find(name) >= 0:
-                    return True
-        except (OSError, ValueError):
-            continue
-    return False
-
-
-# XLA_FLAGS as the user set them, before configure_xla_cpu added this project's flags.
-_USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
-configure_xla_cpu()
-
 
 # While set (by ``deferred_host_draws``), host initialisers do not call back to the host:
 # they record (placeholder, key data, draw, shape, dtype) here and return zeros, so that

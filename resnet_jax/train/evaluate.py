@@ -44,8 +44,8 @@ def evaluate_checkpoint(checkpoint, dataset: str | None = None, split: str = "te
 
     from ..checkpoint import load_checkpoint
     from ..data import Loader, Preprocess, load_splits
-    from ..models.layers import inference_jit
     from ..viz.curves import plot_confusion_matrix
+    from ..xla_cpu import inference_jit
     from . import sharding as shd
     from .loop import evaluate
     from .state import TrainState

@@ -20,7 +20,7 @@ import numpy as np
 from ..data import Loader, Preprocess, load_splits
 from ..errors import ResNetJaxError
 from ..models import create_model, init_variables
-from ..models.layers import inference_jit
+from ..xla_cpu import inference_jit
 from . import sharding as shd
 from . import trace_cache
 from .checkpoints import RunCheckpoints, abstract

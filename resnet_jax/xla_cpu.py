@@ -1,0 +1,122 @@
+"""The XLA:CPU tuning: one process-wide flag, set by one explicit call, and per-program
+compiler options for inference.
+
+Importing this module changes nothing. ``configure()`` adds the flag to ``XLA_FLAGS``;
+the ``resnet-jax`` command, ``train.py``, ``convert_weights.py`` and the benchmarks call
+it before JAX starts, and a library user who wants the same CPU speed calls it first:
+
+    >>> import resnet_jax.xla_cpu
+    >>> resnet_jax.xla_cpu.configure()  # before JAX's first computation
+    >>> import jax  # ... as usual
+
+``RESNET_JAX_XLA_FLAGS=0`` turns both the flag and the inference options off.
+The figures behind each choice are in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+# XLA:CPU hands convolutions to YNNPACK by default in recent jaxlibs; on x86 its
+# convolutions, the weight gradients most of all, are slower than XLA's own (Eigen) ones.
+# The flag takes the convolutions away from YNNPACK and leaves it everything else.
+CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
+
+# Inference-type programs (a forward pass, or one with input gradients) compile without
+# YNNPACK fusions: its reduction fusion grows from the global average pool back over whole
+# stages into one subgraph slower than XLA's own kernels. Training steps keep YNNPACK, which
+# runs their BatchNorm statistics and bias gradients well.
+_INFERENCE_OPTION = ("xla_cpu_experimental_ynn_fusion_type", "")
+
+_added: list[str] = []  # the flags configure() put into XLA_FLAGS
+
+
+def _opted_out() -> bool:
+    return os.environ.get("RESNET_JAX_XLA_FLAGS", "1").lower() in ("0", "off", "false", "no")
+
+
+def configure(flags=CPU_XLA_FLAGS) -> bool:
+    """Add ``flags`` (the CPU tuning) to the ``XLA_FLAGS`` environment variable.
+
+    Call it before JAX's first computation: XLA reads the variable once, when its first
+    backend starts, so a later call changes nothing in this process (it still reaches
+    child processes that inherit the environment). A flag is added only when this jaxlib
+    knows it (XLA aborts on an unknown flag) and the user did not set it already;
+    ``RESNET_JAX_XLA_FLAGS=0`` opts out. Returns whether the environment was changed.
+    """
+    if _opted_out():
+        return False
+    current = os.environ.get("XLA_FLAGS", "")
+    missing = [f for f in flags if f.split("=")[0] not in current and _jaxlib_knows(f)]
+    if not missing:
+        return False
+    os.environ["XLA_FLAGS"] = " ".join([current, *missing]).strip()
+    _added.extend(missing)
+    return True
+
+
+def _user_flags() -> str:
+    """``XLA_FLAGS`` without the flags ``configure()`` added."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    for flag in _added:
+        flags = flags.replace(flag, "")
+    return flags
+
+
+def inference_compiler_options() -> dict[str, str]:
+    """XLA options for ``jax.jit(program, compiler_options=...)`` of inference-type
+    programs (evaluation, prediction, Grad-CAM, activation maximisation): empty unless the
+    default backend is the CPU, the user did not set the option in ``XLA_FLAGS`` and
+    ``RESNET_JAX_XLA_FLAGS=0`` is not set."""
+    import jax
+
+    name, value = _INFERENCE_OPTION
+    if _opted_out() or jax.default_backend() != "cpu" or name in _user_flags():
+        return {}
+    return {name: value} if _jaxlib_knows(name) else {}
+
+
+def inference_jit(fn, **jit_kwargs):
+    """``jax.jit(fn)`` compiled with ``inference_compiler_options()`` when called on arrays.
+
+    JAX takes compiler options only on a top-level jit, so called inside another trace
+    (``jax.jit``, ``jax.make_jaxpr``, ``jax.vmap`` of the caller's) it is a plain
+    ``jax.jit``.
+    """
+    import jax
+
+    plain = jax.jit(fn, **jit_kwargs)
+    options = inference_compiler_options()
+    if not options:
+        return plain
+    top = jax.jit(fn, compiler_options=options, **jit_kwargs)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        traced = any(isinstance(leaf, jax.core.Tracer)
+                     for leaf in jax.tree_util.tree_leaves((args, kwargs)))
+        return (plain if traced else top)(*args, **kwargs)
+
+    call.lower = top.lower
+    return call
+
+
+@functools.cache
+def _jaxlib_knows(flag: str) -> bool:
+    """Whether this jaxlib's XLA defines ``flag``: its name is in the shared library
+    (asking XLA itself would start it, and it aborts on unknown flags)."""
+    import glob
+    import mmap
+
+    import jaxlib
+
+    name = flag.lstrip("-").split("=")[0].encode()
+    for path in glob.glob(os.path.join(os.path.dirname(jaxlib.__file__), "*jax_common*.so")):
+        try:
+            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                if m.find(name) >= 0:
+                    return True
+        except (OSError, ValueError):
+            continue
+    return False
