@@ -112,10 +112,27 @@ def save(directory, model: nn.Module, variables, *, arch: str | None = None,
             if not overwrite:  # another writer got there first
                 raise FileExistsError(errno.EEXIST, "was written by another process meanwhile", str(directory))
             os.replace(directory, staging / "previous")
-        os.rename(target, directory)  # fails if a non-empty directory appeared meanwhile
+        try:
+            os.replace(target, directory)  # fails if a non-empty directory appeared meanwhile
+        except BaseException:
+            _put_back(staging / "previous", directory)
+            raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if not (staging / "previous").exists():  # never delete a model not put back
+            shutil.rmtree(staging, ignore_errors=True)
     return directory
+
+
+def _put_back(previous: Path, directory: Path) -> None:
+    """After a failed rename into place: the model moved aside returns to ``directory``; if
+    it cannot, it stays where it is, and the error says where."""
+    if not previous.exists():
+        return
+    try:
+        os.replace(previous, directory)
+    except OSError as e:
+        raise OSError(e.errno, f"{e.strerror}; the previous model is kept in {previous}",
+                      str(directory)) from e
 
 
 def _is_checkpoint(path: Path) -> bool:

@@ -55,6 +55,32 @@ def test_failed_save_leaves_previous_model_intact(tmp_path, monkeypatch):
     assert _equal(second, resnet_jax.load(tmp_path / "m")[1])
 
 
+def test_a_failed_rename_into_place_puts_the_previous_model_back(tmp_path, monkeypatch):
+    """The new model is written, the previous one moved aside, then renaming the new one
+    into place fails: the previous model is where it was, and nothing is left behind."""
+    import os
+
+    model = resnet_jax.create_model("digit_cnn")
+    first = resnet_jax.init_variables(model, 0)
+    resnet_jax.save(tmp_path / "m", model, first)
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:  # the first moves the previous model aside
+            raise OSError(28, "No space left on device", str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="No space left"):
+        resnet_jax.save(tmp_path / "m", model, resnet_jax.init_variables(model, 1), overwrite=True)
+    monkeypatch.undo()
+    assert len(calls) == 3  # aside, the failed rename, back
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing
+    assert _equal(first, resnet_jax.load(tmp_path / "m")[1])
+
+
 def test_unreadable_checkpoints_are_reported(tmp_path):
     with pytest.raises(CheckpointError, match="not a directory"):
         resnet_jax.load(tmp_path / "nothing")
