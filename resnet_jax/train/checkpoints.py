@@ -45,12 +45,12 @@ class _QuietUntrackedSaves(logging.Filter):
         return "tracked_metric" not in record.getMessage()
 
 
-logging.getLogger("absl").addFilter(_QuietUntrackedSaves())
+_QUIET_UNTRACKED = _QuietUntrackedSaves()  # installed by the first manager, not at import
 
 
 class RunCheckpoints:
-    """A run's checkpoints (orbax ``CheckpointManager``, built on first use: importing and
-    opening it takes ~0.3 s that the first training step need not wait for)."""
+    """A run's checkpoints (orbax ``CheckpointManager``, built on first use: importing orbax
+    and opening the manager need not delay the first training step)."""
 
     def __init__(self, directory, keep: int = 3, create: bool = True):
         self.directory = Path(directory).absolute()
@@ -61,6 +61,7 @@ class RunCheckpoints:
         import orbax.checkpoint as ocp
         from orbax.checkpoint import checkpoint_managers as cm
 
+        logging.getLogger("absl").addFilter(_QUIET_UNTRACKED)  # once: a logger's filters are a set
         policy = cm.AnyPreservationPolicy([
             cm.LatestN(n=max(1, int(self._keep))),
             cm.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=1,

@@ -22,7 +22,6 @@ from ..errors import ResNetJaxError
 from ..models import create_model, init_variables
 from ..xla_cpu import inference_jit
 from . import sharding as shd
-from . import trace_cache
 from .checkpoints import RunCheckpoints, abstract
 from .lock import RunLock
 from .logs import METRICS_FILE, MetricLog, trim_metrics
@@ -249,15 +248,8 @@ def evaluate(state, loader: Loader, eval_step, mesh) -> EvalResult:
 def _jit_steps(model, pre: Preprocess, num_classes: int, label_smoothing: float, mesh,
                lr_schedule=None, opt_cfg: OptimizerConfig | None = None):
     step = make_train_step(pre.mean, pre.std, num_classes, label_smoothing, lr_schedule)
-    if trace_cache.directory() is not None and mesh.devices.size == 1 and opt_cfg is not None:
-        # The traced step is kept across processes (one device: its program names no mesh).
-        parts = {"model": model, "optimizer": opt_cfg, "mean": tuple(pre.mean),
-                 "std": tuple(pre.std), "num_classes": num_classes,
-                 "label_smoothing": label_smoothing}
-        train_step = trace_cache.CachedStep(step, parts)
-    else:
-        rep = shd.replicated(mesh)
-        train_step = jax.jit(step, donate_argnums=0, out_shardings=(rep, rep))
+    rep = shd.replicated(mesh)
+    train_step = jax.jit(step, donate_argnums=0, out_shardings=(rep, rep))
     eval_step = inference_jit(make_eval_step(pre.mean, pre.std, num_classes))
     return train_step, eval_step
 
@@ -354,7 +346,7 @@ class _Start:
 def _fresh_start(cfg: TrainConfig, data: _Data) -> _Start:
     if not cfg.init_from:
         model = build_model(cfg, data.num_classes, data.channels, data.pre.image_size)
-        return _Start(model, trace_cache.initial_variables(model, cfg.seed, data.pre.image_size), cfg.arch)
+        return _Start(model, init_variables(model, cfg.seed, data.pre.image_size), cfg.arch)
     model, variables = finetune_variables(cfg.init_from, data.num_classes, data.pre.image_size,
                                           cfg.seed, cfg.precision)
     if model.in_channels != data.channels:
