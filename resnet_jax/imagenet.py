@@ -14,13 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.images import ImageError as ImageError  # re-exported: the error predict raises
-from .data.images import read_image
-
+# The one ImageNet mean and std of the project (resnet_jax.data's default preprocessing
+# reads them from here, so they are defined before the import of resnet_jax.data below).
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 RESIZE_SIZE = 256
 CROP_SIZE = 224
+
+from .data.images import ImageError as ImageError  # noqa: E402 (re-exported: predict raises it)
+from .data.images import read_image  # noqa: E402
 
 
 @functools.cache

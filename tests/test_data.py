@@ -29,7 +29,7 @@ from resnet_jax.data import (
 # ----------------------------------------------------------------------------- sets
 
 
-def test_digits_read_without_sklearn_equal_load_digits():
+def test_digits_equal_sklearns_load_digits():
     from sklearn.datasets import load_digits
 
     from resnet_jax.data.datasets import digits, load_digits_arrays
@@ -41,6 +41,54 @@ def test_digits_read_without_sklearn_equal_load_digits():
     ds = digits()
     assert ds.class_names == [str(c) for c in ref.target_names]
     np.testing.assert_array_equal(ds.labels, ref.target)
+
+
+def test_digits_csv_is_read_without_importing_sklearn():
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from resnet_jax.data.datasets import load_digits_arrays\n"
+            "images, labels = load_digits_arrays()\n"
+            "assert images.shape == (1797, 8, 8) and labels.shape == (1797,)\n"
+            "assert 'sklearn' not in sys.modules, 'scikit-learn was imported'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("csv", ["missing", "damaged", "other shape"])
+def test_digits_fall_back_to_sklearns_public_loader(csv, tmp_path, monkeypatch):
+    """scikit-learn's CSV sits in its private package layout; when it is not there (or not
+    what it was), the digits come from ``sklearn.datasets.load_digits``, the same arrays."""
+    import importlib.machinery
+    import importlib.util
+
+    from sklearn.datasets import load_digits
+
+    from resnet_jax.data import datasets
+
+    data = tmp_path / "datasets" / "data"
+    data.mkdir(parents=True)
+    if csv == "damaged":
+        (data / "digits.csv.gz").write_bytes(b"not gzip")
+    elif csv == "other shape":
+        with gzip.open(data / "digits.csv.gz", "wt") as f:
+            f.write("1,2,3\n4,5,6\n")
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        if name != "sklearn":
+            return real(name, *args, **kwargs)
+        spec = importlib.machinery.ModuleSpec("sklearn", None, is_package=True)
+        spec.submodule_search_locations = [str(tmp_path)]
+        return spec
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    assert datasets._digits_csv() is None
+    images, labels = datasets.load_digits_arrays()
+    ref = load_digits()
+    np.testing.assert_array_equal(images, ref.images)
+    np.testing.assert_array_equal(labels, ref.target)
 
 
 def test_digits_splits_are_disjoint_stratified_and_fixed():

@@ -69,3 +69,22 @@ def test_class_names_are_torchvisions():
     from torchvision.models._meta import _IMAGENET_CATEGORIES
 
     assert list(imagenet.class_names()) == list(_IMAGENET_CATEGORIES)
+
+
+@pytest.mark.parametrize("first", ["resnet_jax.imagenet", "resnet_jax.data"])
+def test_one_imagenet_mean_and_std_whichever_module_loads_first(first):
+    """resnet_jax.data's default preprocessing takes imagenet's MEAN and STD (one source),
+    and the two modules import in either order (each needs the other)."""
+    import subprocess
+    import sys
+
+    code = (f"import {first}\n"
+            "from resnet_jax import imagenet\n"
+            "from resnet_jax.data import Preprocess\n"
+            "p = Preprocess(224)\n"
+            "assert p.mean is imagenet.MEAN and p.std is imagenet.STD, (p.mean, p.std)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    # the values themselves are torchvision's preset's
+    preset = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()
+    assert tuple(preset.mean) == imagenet.MEAN and tuple(preset.std) == imagenet.STD

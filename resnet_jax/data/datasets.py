@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ResNetJaxError
+from ..imagenet import MEAN as IMAGENET_MEAN
+from ..imagenet import STD as IMAGENET_STD
 from .images import read_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class DatasetError(ResNetJaxError):
@@ -112,23 +112,35 @@ class ImageSet:
 def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 8x8 digits as ``(images (1797, 8, 8) float64 in 0..16, labels)``.
 
-    Read from the CSV that scikit-learn ships, found without importing scikit-learn
-    (its import costs about a second at every start of the training command); falls
-    back to ``sklearn.datasets.load_digits`` if the file is not where it used to be.
+    Read from the CSV file scikit-learn installs, found without importing scikit-learn
+    (its import is a large share of the training command's start; docs/performance.md).
+    That file's place is scikit-learn's private layout, so when it is not there, or does
+    not hold the 1797 digits, the public ``sklearn.datasets.load_digits`` reads them.
     """
+    found = _digits_csv()
+    if found is not None:
+        return found
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.images, bunch.target
+
+
+def _digits_csv() -> tuple[np.ndarray, np.ndarray] | None:
+    """The digits from ``sklearn/datasets/data/digits.csv.gz``, or None."""
     import importlib.util
 
     spec = importlib.util.find_spec("sklearn")
     for root in (spec.submodule_search_locations or []) if spec else []:
         path = Path(root) / "datasets" / "data" / "digits.csv.gz"
-        if path.is_file():
+        try:
             with gzip.open(path, "rt") as f:
-                data = np.loadtxt(f, delimiter=",")
+                data = np.loadtxt(f, delimiter=",", ndmin=2)
+        except (OSError, ValueError, EOFError):
+            continue
+        if data.shape == (1797, 65):
             return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    return bunch.images, bunch.target
+    return None
 
 
 def digits() -> ImageSet:

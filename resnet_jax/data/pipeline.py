@@ -155,14 +155,6 @@ class DataIterator:
         if getattr(self, "_ahead", None):
             self._drain()
 
-    def _positions(self):
-        e, b = self.epoch, self.position
-        while True:
-            yield e, b
-            b += 1
-            if b >= self.loader.steps_per_epoch:
-                e, b = e + 1, 0
-
     def _fill(self):
         if self._ahead:
             e, b = self._ahead[-1][0]

@@ -28,11 +28,6 @@ def weights_enum(arch: str):
     return tvm.get_model_weights(spec.torchvision)
 
 
-def weights_names(arch: str) -> list[str]:
-    """The published weight names for ``arch``: e.g. ``['IMAGENET1K_V1', 'IMAGENET1K_V2']``."""
-    return [w.name for w in weights_enum(arch)]
-
-
 def weights_url(arch: str, name: str) -> str:
     """The address torchvision publishes the weights ``name`` of ``arch`` at."""
     return _lookup(arch, name).url
