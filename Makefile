@@ -1,6 +1,8 @@
 # Two commands work on a fresh machine (they create .venv and install everything):
 #   make train   the main job: train the default model on the embedded digits data
 #   make test    the fast test suite (torch and torchvision are installed as references)
+# `make test-slow` runs the tests marked slow (the largest architectures, the long
+# journeys); CI runs both. `make test-all` runs everything in one go.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -8,7 +10,7 @@ BIN    := $(VENV)/bin
 # torch/torchvision used as the tests' references; override for another platform.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup train demo course test test-all bench lint clean
+.PHONY: setup train demo course test test-slow test-all bench lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +40,9 @@ course: setup
 
 test: setup
 	$(BIN)/python -m pytest -q -n 2
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -n 2 -m slow
 
 test-all: setup
 	$(BIN)/python -m pytest -q -n 2 -m ''
