@@ -11,7 +11,7 @@ from conftest import nchw, torchvision_model
 
 import resnet_jax
 from resnet_jax.explain import explain, faithfulness, gradcam, testing
-from resnet_jax.explain.base import bilinear_matrix, resize_maps
+from resnet_jax.explain.maps import bilinear_matrix, resize_maps
 from resnet_jax.explain.methods import GuidedBackprop
 from resnet_jax.port import from_torch
 

@@ -14,7 +14,7 @@ import resnet_jax
 from resnet_jax.cli import main
 from resnet_jax.errors import ResNetJaxError
 from resnet_jax.explain import gradcam
-from resnet_jax.explain.base import prepare_images
+from resnet_jax.explain.images import prepare_images
 from resnet_jax.viz.overlays import image_grid, overlay, save_grid, save_overlay, to_uint8_rgb
 
 

@@ -23,8 +23,8 @@ from resnet_jax.explain import (
 from resnet_jax.explain import (
     transforms as T,
 )
-from resnet_jax.explain.base import apply_with_taps
 from resnet_jax.explain.relu import redirected_relu, relu_variant
+from resnet_jax.explain.taps import apply_with_taps
 from resnet_jax.models.autodiff import relu as model_relu
 
 INK = 0.05  # a pixel "has ink" above this value (images in [0, 1])

@@ -291,9 +291,9 @@ def run_visualize(args) -> int:
     from ..files import check_output_file
     from ..viz.overlays import save_grid
     from . import objectives as O
-    from .base import layer_shapes
     from .inputs import load_model
     from .maximize import _image_hw, check_objective, dead_units, evaluate, maximize
+    from .taps import layer_shapes
 
     check_visualize_args(args)
     check_output_file(args.out)

@@ -17,7 +17,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .. import base
+from ..maps import finish_cam, finish_saliency, reduce_channels
+from ..taps import input_vjp, layer_shapes, layer_vjp, model_variables
+from ..targets import one_hot_cotangents, resolve_targets
 
 
 class Method:
@@ -43,24 +45,24 @@ class CAMMethod(Method):
         return jnp.einsum("tbk,bhwk->tbhw", w, acts)
 
     def layer_pass(self, model, variables, x, targets, layer):
-        shape = base.layer_shapes(model, variables, x.shape)[layer]
-        logits, acts, pull = base.layer_vjp(model, variables, x, layer, shape)
-        t = base.resolve_targets(logits, targets)
-        ct = base.one_hot_cotangents(t, logits.shape[-1], logits.dtype)
+        shape = layer_shapes(model, variables, x.shape)[layer]
+        logits, acts, pull = layer_vjp(model, variables, x, layer, shape)
+        t = resolve_targets(logits, targets)
+        ct = one_hot_cotangents(t, logits.shape[-1], logits.dtype)
         grads = jax.vmap(pull)(ct)
         return logits, t, acts, grads
 
     def compute(self, model, variables, x, targets, *, layer=None, key=None, **options):
         logits, t, acts, grads = self.layer_pass(model, variables, x, targets, layer)
         cam = self.raw_cam(acts, grads)
-        return logits, t, base.finish_cam(cam, x.shape[1:3])
+        return logits, t, finish_cam(cam, x.shape[1:3])
 
 
 class AttributionMethod(Method):
     reduce: str = "absmax"
 
     def forward(self, model, variables):
-        v = base.model_variables(variables)
+        v = model_variables(variables)
         return lambda x: model.apply(v, x, train=False)
 
     def attributions(self, model, variables, x, t, *, key=None, **options):
@@ -69,12 +71,12 @@ class AttributionMethod(Method):
 
     def input_grads(self, fwd, x, t, num_classes):
         """(logits, (T, B, H, W, C) gradients of each target score w.r.t. ``x``)."""
-        logits, pull = base.input_vjp(fwd, x)
-        ct = base.one_hot_cotangents(t, num_classes, logits.dtype)
+        logits, pull = input_vjp(fwd, x)
+        ct = one_hot_cotangents(t, num_classes, logits.dtype)
         return logits, jax.vmap(pull)(ct)
 
     def compute(self, model, variables, x, targets, *, layer=None, key=None, **options):
         logits = self.forward(model, variables)(x)
-        t = base.resolve_targets(logits, targets)
+        t = resolve_targets(logits, targets)
         attr = self.attributions(model, variables, x, t, key=key, **options)
-        return logits, t, base.finish_saliency(base.reduce_channels(attr, self.reduce))
+        return logits, t, finish_saliency(reduce_channels(attr, self.reduce))

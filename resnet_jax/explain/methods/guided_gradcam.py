@@ -2,7 +2,7 @@
 Grad-CAM map, pixel by pixel; the map is max over channels of the absolute product."""
 
 
-from .. import base
+from ..maps import finish_saliency, reduce_channels
 from .base import CAMMethod
 from .gradcam import GradCAM
 from .guided_backprop import GuidedBackprop
@@ -15,4 +15,4 @@ class GuidedGradCAM(CAMMethod):
         logits, t, cams = GradCAM().compute(model, variables, x, targets, layer=layer)
         guided = GuidedBackprop().attributions(model, variables, x, t)
         product = guided * cams[..., None]
-        return logits, t, base.finish_saliency(base.reduce_channels(product, "absmax"))
+        return logits, t, finish_saliency(reduce_channels(product, "absmax"))
