@@ -69,14 +69,16 @@ def random_scale(scales: Sequence[float]) -> Affine:
 
 
 def random_rotate(degrees: Sequence[float]) -> Affine:
-    """Rotate about the centre by an angle (degrees) drawn from ``degrees``."""
+    """Rotate about the centre by an angle (degrees) drawn from ``degrees``; a positive
+    angle turns the image counter-clockwise as displayed (torchvision's and kornia's
+    convention, which Lucent uses): a pixel right of the centre moves above it."""
     choices = jnp.asarray(degrees, jnp.float32) * (math.pi / 180.0)
 
     def matrix(key, hw):
         a = jax.random.choice(key, choices)
         c, s = jnp.cos(a), jnp.sin(a)
-        # output -> input is the inverse rotation
-        return _about_center(jnp.array([[c, -s], [s, c]]), hw), hw
+        # Output -> input in (y, x) with y down: the inverse rotation, clockwise by a.
+        return _about_center(jnp.array([[c, s], [-s, c]]), hw), hw
 
     return Affine(matrix, 0.0, "random_rotate")
 
