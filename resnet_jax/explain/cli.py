@@ -11,11 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ResNetJaxError
-
-METHOD_CHOICES = (
-    "gradcam", "gradcam++", "hirescam", "saliency", "smoothgrad", "integrated_gradients",
-    "guided_backprop", "guided_gradcam",
-)
+from .methods import METHODS
 
 
 def register(sub) -> None:
@@ -30,7 +26,7 @@ def register(sub) -> None:
                    help="class to explain (repeat for several per image); default: predicted")
     p.add_argument("--layer", default=None,
                    help="named output for CAM methods (default: the last stage, e.g. layer4)")
-    p.add_argument("--method", default="gradcam", choices=METHOD_CHOICES)
+    p.add_argument("--method", default="gradcam", choices=list(METHODS))
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--save-maps", action="store_true", help="also write the raw maps as .npy")
     p.add_argument("--alpha", type=float, default=0.5, help="heat-map opacity (0-1)")

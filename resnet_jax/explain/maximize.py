@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .. import xla_cpu
+from .. import imagenet, xla_cpu
 from ..errors import ResNetJaxError
 from ..models.autodiff import loop_friendly_gradients
 from .images import expected_hw
@@ -35,16 +35,13 @@ from .relu import redirected_relu, relu_variant
 from .taps import apply_with_taps, layer_shapes, model_variables
 from .transforms import compose, standard_transforms
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def default_normalization(model):
     """ImageNet mean/std for RGB ImageNet-stem ResNets, none (images in [0, 1]) otherwise."""
     from ..models import ResNet
 
     if isinstance(model, ResNet) and model.in_channels == 3 and model.stem == "imagenet":
-        return IMAGENET_MEAN, IMAGENET_STD
+        return imagenet.MEAN, imagenet.STD
     return None
 
 

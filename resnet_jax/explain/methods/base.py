@@ -25,7 +25,6 @@ from ..targets import one_hot_cotangents, resolve_targets
 class Method:
     name: str = ""
     uses_layer: bool = False
-    uses_rng: bool = False
 
     def compute(self, model, variables, x, targets, *, layer=None, key=None, **options):
         """-> (logits (B, classes), resolved targets (B, T), maps (T, B, H, W) in [0, 1])."""

@@ -10,7 +10,6 @@ from .base import AttributionMethod
 
 class SmoothGrad(AttributionMethod):
     name = "smoothgrad"
-    uses_rng = True
 
     def attributions(self, model, variables, x, t, *, key=None, samples=25, noise=0.15, **options):
         fwd = self.forward(model, variables)
