@@ -14,13 +14,12 @@ from __future__ import annotations
 import importlib
 
 _WHERE = {
-    "EvalResult": "loop", "TrainConfig": "loop", "TrainingDiverged": "loop", "evaluate": "loop",
-    "finetune_variables": "loop", "train": "loop",
+    "TrainConfig": "config", "TrainingDiverged": "loop", "train": "loop",
+    "EvalResult": "evaluation", "evaluate": "evaluation", "evaluate_checkpoint": "evaluation",
     "OptimizerConfig": "state", "TrainState": "state", "decay_mask": "state",
     "make_optimizer": "state", "schedule": "state", "trainable_labels": "state",
     "cross_entropy": "step", "make_eval_step": "step", "make_train_step": "step",
     "normalize": "step", "topk_correct": "step",
-    "evaluate_checkpoint": "evaluate",
 }
 
 

@@ -12,64 +12,62 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+# Flags that fill TrainConfig.model_options (fields of the model, not of the run).
+MODEL_OPTION_FLAGS = {
+    "stage_widths": dict(type=_int_list, metavar="STAGE_WIDTHS", help="e.g. 32,64"),
+    "stage_sizes": dict(type=_int_list, metavar="STAGE_SIZES", help="blocks per stage, e.g. 1,1"),
+    "stem": dict(choices=("imagenet", "small"),
+                 help="default: small for images up to 64 pixels, else imagenet"),
+}
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_field(groups: dict, field) -> None:
+    """The flag of one ``TrainConfig`` field: ``--name`` with the field's type and default;
+    a bool is a switch away from its default (``--strict``, ``--no-progress``)."""
+    meta = dict(field.metadata)
+    group, help_text = groups[meta.pop("group")], meta.pop("help")
+    if not meta.pop("flag", True):
+        if field.name == "model_options":
+            for name, options in MODEL_OPTION_FLAGS.items():
+                group.add_argument(_flag(name), dest=f"model_option_{name}", **options)
+        return
+    if field.default is True:
+        group.add_argument(_flag(f"no_{field.name}"), dest=field.name, action="store_false",
+                           help=help_text or None)
+        return
+    if field.default is False:
+        group.add_argument(_flag(field.name), action="store_true", help=help_text or None)
+        return
+    kind = _TYPES[str(field.type).split("|")[0].strip()]
+    if field.default is not None and kind is not str:
+        help_text = f"{help_text} (default: %(default)s)".strip()
+    group.add_argument(_flag(field.name), type=kind, default=field.default, help=help_text or None,
+                       **meta)
+
+
 def register(subparsers) -> None:
+    import dataclasses
+
+    from .config import TrainConfig
+
     p = subparsers.add_parser(
         "train", help="train a model (default: my_resnet on the embedded digits)",
         description="Train a registered architecture with a jitted optax step. With no "
-        "arguments: the embedded handwritten digits, about a minute on a laptop CPU.",
+        "arguments: the embedded handwritten digits, about a minute on a laptop CPU. "
+        "Settings left out take the data set's defaults.",
     )
-    d = p.add_argument_group("data")
-    d.add_argument("--dataset", default="digits",
-                   help="digits (default), faces, synthetic[:classes=4,size=16,n=256,channels=3], "
-                   "mnist:PATH (IDX files), folder:PATH or PATH (one sub-folder per class)")
-    d.add_argument("--image-size", type=int, help="side of the model's input (default: the data set's)")
-    d.add_argument("--channels", type=int, choices=(1, 3), help="image folders: 3 (RGB, default) or 1")
-    d.add_argument("--strict", action="store_true",
-                   help="stop on an unreadable image instead of skipping it with a warning")
-    d.add_argument("--skip-unknown-classes", action="store_true",
-                   help="image folders: leave out (with a warning) val/ or test/ classes that "
-                   "train/ lacks, instead of stopping")
-    d.add_argument("--val-fraction", type=float, default=0.1)
-    d.add_argument("--test-fraction", type=float, default=0.2)
-    d.add_argument("--workers", type=int, default=2, help="threads that decode and augment")
-    m = p.add_argument_group("model")
-    m.add_argument("--arch", help="registered architecture (resnet-jax summary lists them)")
-    m.add_argument("--stage-widths", type=_int_list, help="e.g. 32,64")
-    m.add_argument("--stage-sizes", type=_int_list, help="blocks per stage, e.g. 1,1")
-    m.add_argument("--stem", choices=("imagenet", "small"))
-    m.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16: bfloat16 compute, float32 parameters and BatchNorm statistics")
-    m.add_argument("--init-from", metavar="DIR",
-                   help="fine-tune a saved or ported model: its weights with a new head")
-    m.add_argument("--freeze-backbone", action="store_true",
-                   help="train only the head (the rest is masked out of the optimizer)")
-    o = p.add_argument_group("optimization")
-    o.add_argument("--epochs", type=int)
-    o.add_argument("--max-steps", type=int, help="stop after this many steps in all")
-    o.add_argument("--batch-size", type=int, help="global batch size over all devices")
-    o.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
-    o.add_argument("--lr", type=float, help="peak learning rate")
-    o.add_argument("--momentum", type=float, default=0.9)
-    o.add_argument("--no-nesterov", dest="nesterov", action="store_false")
-    o.add_argument("--weight-decay", type=float)
-    o.add_argument("--warmup-epochs", type=float)
-    o.add_argument("--label-smoothing", type=float)
-    o.add_argument("--clip-norm", type=float, help="clip gradients to this global norm")
-    o.add_argument("--seed", type=int, default=0)
-    r = p.add_argument_group("run")
-    r.add_argument("--output", metavar="DIR", help="run directory (default runs/<data>-<arch>-<time>)")
-    r.add_argument("--resume", action="store_true", help="continue the run in --output from its latest checkpoint")
-    r.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
-                   help="also save every STEPS steps (always at each epoch end)")
-    r.add_argument("--keep", type=int, default=3, help="checkpoints kept besides the best")
-    r.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS")
-    r.add_argument("--devices", type=int, help="use the first N devices (default all)")
+    groups = {name: p.add_argument_group(name) for name in ("data", "model", "optimization", "run")}
+    for field in dataclasses.fields(TrainConfig):
+        _add_field(groups, field)
+    r = groups["run"]
     r.add_argument("--coordinator", help="multi-host: HOST:PORT of process 0")
-    r.add_argument("--num-processes", type=int)
-    r.add_argument("--process-id", type=int)
-    r.add_argument("--no-progress", dest="progress", action="store_false")
-    r.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
-    r.add_argument("--no-plots", dest="plots", action="store_false")
+    r.add_argument("--num-processes", type=int, metavar="N", help="multi-host: processes in all")
+    r.add_argument("--process-id", type=int, metavar="I", help="multi-host: this process's index")
     p.set_defaults(func=run_train)
 
     e = subparsers.add_parser(
@@ -88,30 +86,16 @@ def register(subparsers) -> None:
 
 
 def config_from_args(args):
-    from .loop import TrainConfig
+    """The ``TrainConfig`` of parsed ``train`` arguments (one per field, plus the model's)."""
+    import dataclasses
 
-    options = {}
-    if args.stage_widths:
-        options["stage_widths"] = args.stage_widths
-    if args.stage_sizes:
-        options["stage_sizes"] = args.stage_sizes
-    if args.stem:
-        options["stem"] = args.stem
-    return TrainConfig(
-        dataset=args.dataset, arch=args.arch, model_options=options or None,
-        image_size=args.image_size, epochs=args.epochs, max_steps=args.max_steps,
-        batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-        momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay,
-        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-        clip_norm=args.clip_norm, precision=args.precision, seed=args.seed,
-        output=args.output, resume=args.resume, init_from=args.init_from,
-        freeze_backbone=args.freeze_backbone, checkpoint_every=args.checkpoint_every,
-        keep=args.keep, eval_every=args.eval_every, workers=args.workers, strict=args.strict,
-        skip_unknown_classes=args.skip_unknown_classes,
-        channels=args.channels, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-        devices=args.devices, progress=args.progress, tensorboard=args.tensorboard,
-        plots=args.plots,
-    )
+    from .config import TrainConfig
+
+    options = {name: getattr(args, f"model_option_{name}") for name in MODEL_OPTION_FLAGS}
+    options = {k: v for k, v in options.items() if v}
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if f.metadata.get("flag", True)}
+    return TrainConfig(**given, model_options=options or None)
 
 
 def run_train(args) -> int:
@@ -148,7 +132,7 @@ def run_evaluate(args) -> int:
     import sys
     import warnings
 
-    from .evaluate import evaluate_checkpoint
+    from .evaluation import evaluate_checkpoint
 
     with warnings.catch_warnings():
         warnings.simplefilter("always", UserWarning)

@@ -15,7 +15,10 @@ METRICS_FILE = "metrics.jsonl"
 class MetricLog:
     """Appends records to ``run_dir/metrics.jsonl`` (and a TensorBoard event file)."""
 
-    def __init__(self, run_dir, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, run_dir, enabled: bool = True, tensorboard: bool = True,
+                 start_step: int | None = None):
+        """``start_step``: a resumed run's step; what a crashed attempt logged after it is
+        dropped (``trim_metrics`` for the JSON lines, a restart event for TensorBoard)."""
         self.enabled = enabled
         self.path = Path(run_dir) / METRICS_FILE
         self._file = None
@@ -26,6 +29,8 @@ class MetricLog:
         self._file = open(self.path, "a", buffering=1)
         if tensorboard:
             self._tb = ScalarWriter(Path(run_dir) / "tensorboard")
+            if start_step:
+                self._tb.restart_at(start_step + 1)
 
     def write(self, record: dict) -> None:
         if not self.enabled:

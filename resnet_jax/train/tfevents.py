@@ -63,15 +63,21 @@ def _bytes_field(number: int, payload: bytes) -> bytes:
     return _field(number, 2) + _varint(len(payload)) + payload
 
 
+SESSION_START = 1  # SessionLog.START
+
+
 def encode_event(wall_time: float, step: int = 0, *, file_version: str | None = None,
-                 scalars: dict[str, float] | None = None) -> bytes:
+                 scalars: dict[str, float] | None = None, session_status: int | None = None) -> bytes:
     """An ``Event`` message: wall_time (1, double), step (2, int64), file_version (3),
-    summary (5) holding one ``Summary.Value`` (tag 1, simple_value 2) per scalar."""
+    summary (5) holding one ``Summary.Value`` (tag 1, simple_value 2) per scalar,
+    session_log (7) holding a status (1)."""
     out = _field(1, 1) + struct.pack("<d", wall_time)
     if step:
         out += _field(2, 0) + _varint(int(step))
     if file_version is not None:
         out += _bytes_field(3, file_version.encode())
+    if session_status is not None:
+        out += _bytes_field(7, _field(1, 0) + _varint(int(session_status)))
     if scalars:
         summary = b"".join(
             _bytes_field(1, _bytes_field(1, tag.encode()) + _field(2, 5) + struct.pack("<f", value))
@@ -101,6 +107,11 @@ class ScalarWriter:
     def add_scalar(self, tag: str, value: float, step: int) -> None:
         event = encode_event(time.time(), step, scalars={tag: float(value)})
         self._file.write(encode_record(event))
+
+    def restart_at(self, step: int) -> None:
+        """A ``SessionLog.START`` at ``step``: TensorBoard drops what earlier files of the run
+        logged at ``step`` and after (a resumed run logs those steps again)."""
+        self._file.write(encode_record(encode_event(time.time(), step, session_status=SESSION_START)))
 
     def flush(self) -> None:
         if self._file is not None:
