@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from .models import abstract_variables, count_params, input_shape
-from .models.layers import TAP_SUFFIX, tap_name
+from .models.registry import tapped_outputs
 from .port.keys import module_to_torch
 
 _BLOCK = re.compile(r"^(layer\d+)_(\d+)$")
@@ -23,14 +23,23 @@ class Row:
     params: int
 
 
-def _shapes_in_order(node):
-    """The intermediates tree with arrays replaced by shapes, keeping dict order
-    (``jax.tree_util`` would sort the keys, and the order here is the forward order)."""
-    if isinstance(node, dict):
-        return {k: _shapes_in_order(v) for k, v in node.items()}
-    if isinstance(node, tuple):
-        return tuple(_shapes_in_order(v) for v in node)
-    return tuple(node.shape)
+def _module_tree(outputs: dict) -> dict:
+    """The submodule outputs of ``tapped_outputs(..., modules=True)`` as a tree of
+    ``{child: node}`` dicts, each node's own output shape under ``"__call__"``."""
+    tree: dict = {}
+    for path, value in outputs.items():
+        if path.startswith("/"):
+            node = tree
+            for key in path[1:].split("/"):
+                node = node.setdefault(key, {})
+            node["__call__"] = tuple(value.shape)
+    return tree
+
+
+def _stage_of(key: str) -> str | None:
+    """The stage (``layer1``) whose header goes before module ``key`` (its first block)."""
+    block = _BLOCK.match(key)
+    return block.group(1) if block and block.group(2) == "0" else None
 
 
 def summarize(model, image_size=None, batch: int = 1) -> tuple[list[Row], dict]:
@@ -38,48 +47,46 @@ def summarize(model, image_size=None, batch: int = 1) -> tuple[list[Row], dict]:
     variables = abstract_variables(model, image_size)
     params = variables["params"]
     shape = input_shape(model, image_size, batch)
-    traced = []
+    order: list[str] = []
 
     def trace(v, x):
-        _, state = model.apply(v, x, train=False, capture_intermediates=True,
-                               mutable=["intermediates"])
-        traced.append(_shapes_in_order(state["intermediates"]))
-        return state
+        logits, outputs = tapped_outputs(model, v, x, modules=True)
+        order.extend(outputs)
+        return logits, outputs
 
-    jax.eval_shape(trace, variables, jax.ShapeDtypeStruct(shape, jnp.float32))
-    tree = traced[0]
+    logits, outputs = jax.eval_shape(trace, variables, jax.ShapeDtypeStruct(shape, jnp.float32))
+    outputs = {k: outputs[k] for k in order}  # eval_shape returns the keys sorted
+    tree = _module_tree(outputs)
 
     def module_rows(key, node, depth, prefix, params_here):
         name = prefix + module_to_torch(key)
         sub = params_here.get(key, {})
-        rows = [Row(name, depth, node.get("__call__", (None,))[0], count_params(sub))]
+        rows = [Row(name, depth, node.get("__call__"), count_params(sub))]
         for child, child_node in node.items():
             if child != "__call__":
                 rows += module_rows(child, child_node, depth + 1, name + ".", sub)
         return rows
 
     rows: list[Row] = []
-    for key, node in tree.items():
-        if key == "__call__":
+    for key in order:
+        if not key.startswith("/"):  # a tap not shown with its module or as a stage header
+            if key.replace(".", "_") not in tree and not re.fullmatch(r"layer\d+", key):
+                rows.append(Row(key, 0, tuple(outputs[key].shape), 0))
             continue
-        if key.endswith(TAP_SUFFIX):
-            name = tap_name(key)
-            if name.replace(".", "_") in tree or re.fullmatch(r"layer\d+", name):
-                continue  # shown with its module, or as a stage header
-            rows.append(Row(name, 0, node[0], 0))
-            continue
-        block = _BLOCK.match(key)
-        if block and block.group(2) == "0":
-            stage = block.group(1)
+        if key.count("/") != 1:
+            continue  # listed under its top-level module
+        key = key[1:]
+        stage = _stage_of(key)
+        if stage:
             stage_params = sum(count_params(v) for k, v in params.items()
                                if _BLOCK.match(k) and k.startswith(stage + "_"))
-            rows.append(Row(stage, 0, tree[stage + TAP_SUFFIX][0], stage_params))
-        rows += module_rows(key, node, 1 if block else 0, "", params)
+            rows.append(Row(stage, 0, tuple(outputs[stage].shape), stage_params))
+        rows += module_rows(key, tree[key], 1 if _BLOCK.match(key) else 0, "", params)
     totals = {
         "params": count_params(params),
         "batch_stats": count_params(variables.get("batch_stats", {})),
         "input": shape,
-        "output": tree["__call__"][0],
+        "output": tuple(logits.shape),
     }
     return rows, totals
 

@@ -3,7 +3,7 @@
 Depends on jax and flax only.
 """
 
-from .autodiff import fast_gradients, loop_friendly_gradients, relu_variant
+from ..ops.legacy import fast_gradients, loop_friendly_gradients, relu_variant  # TEMPORARY
 from .digits import DigitCNN
 from .layers import BatchNorm
 from .registry import (

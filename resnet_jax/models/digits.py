@@ -7,25 +7,32 @@ flatten (1250), a hidden dense layer, and the output layer of class scores.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .autodiff import conv_general_dilated, max_pool, relu
 from .layers import Tap, torch_default_init
+from .resnet import DEFAULT_ACT, DEFAULT_CONV, DEFAULT_POOL
 
 Dtype = Any
 
 
 class DigitCNN(nn.Module, Tap):
-    """Named outputs: conv1, pool1, conv2, pool2, flatten, hidden, fc (the logits)."""
+    """Named outputs: conv1, pool1, conv2, pool2, flatten, hidden, fc (the logits).
+
+    ``conv``, ``pool`` and ``act`` are the ops it computes with, as ``ResNet``'s.
+    """
 
     num_classes: int = 10
     hidden: int = 100
     in_channels: int = 1
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    conv: Callable = DEFAULT_CONV
+    pool: Callable = DEFAULT_POOL
+    act: Callable = DEFAULT_ACT
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -41,15 +48,15 @@ class DigitCNN(nn.Module, Tap):
 
         x = x.astype(self.dtype or x.dtype)
         conv1 = nn.Conv(25, (3, 3), padding="VALID", name="conv1",
-                        conv_general_dilated=conv_general_dilated, **kw(9 * x.shape[-1]))
-        x = self.tap("conv1", relu(conv1(x)))
-        x = self.tap("pool1", max_pool(x, (2, 2), (2, 2)))
+                        conv_general_dilated=self.conv, **kw(9 * x.shape[-1]))
+        x = self.tap("conv1", self.act(conv1(x)))
+        x = self.tap("pool1", self.pool(x, (2, 2), strides=(2, 2)))
         conv2 = nn.Conv(50, (3, 3), padding="VALID", name="conv2",
-                        conv_general_dilated=conv_general_dilated, **kw(9 * x.shape[-1]))
-        x = self.tap("conv2", relu(conv2(x)))
-        x = self.tap("pool2", max_pool(x, (2, 2), (2, 2)))
+                        conv_general_dilated=self.conv, **kw(9 * x.shape[-1]))
+        x = self.tap("conv2", self.act(conv2(x)))
+        x = self.tap("pool2", self.pool(x, (2, 2), strides=(2, 2)))
         x = self.tap("flatten", x.reshape(x.shape[0], -1))
         hidden = nn.Dense(self.hidden, name="hidden", **kw(x.shape[-1]))
-        x = self.tap("hidden", relu(hidden(x)))
+        x = self.tap("hidden", self.act(hidden(x)))
         x = nn.Dense(self.num_classes, name="fc", **kw(x.shape[-1]))(x).astype(jnp.float32)
         return self.tap("fc", x)

@@ -9,9 +9,9 @@ variance as torch keeps it, explicit convolution padding, and torchvision's init
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import math
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -20,16 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .autodiff import conv_general_dilated, max_pool
-
 Dtype = Any
 
-# While set (by ``deferred_host_draws``), host initialisers do not call back to the host:
-# they record (placeholder, key data, draw, shape, dtype) here and return zeros, so that
-# the jitted init holds no host callback (which XLA's persistent cache refuses) and the
-# numbers are drawn by the caller afterwards, from the same keys.
-_DEFERRED_DRAWS: contextvars.ContextVar[list | None] = contextvars.ContextVar(
-    "resnet_jax_deferred_draws", default=None)
+# The open ``deferred_host_draws`` blocks of this thread, innermost last. While one is
+# open, host initialisers do not call back to the host: they record (placeholder, key
+# data, draw) in it and return zeros, so that the jitted init holds no host callback
+# (which XLA's persistent cache refuses) and the caller draws the numbers afterwards, from
+# the same keys. Per thread, so another thread's ``model.init`` is unaffected.
+_deferred = threading.local()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,22 +45,24 @@ class HostDraw:
 
 @contextlib.contextmanager
 def deferred_host_draws():
-    """Collect the host draws of the initialisers called inside (see ``_DEFERRED_DRAWS``);
-    yields the list of ``(placeholder, key_data, HostDraw)``."""
+    """Collect the host draws of the initialisers called inside (see ``_deferred``);
+    yields the list of ``(placeholder, key_data, HostDraw)``. Only ``init_variables``'
+    compiled init opens one, around its own trace."""
     pending: list = []
-    token = _DEFERRED_DRAWS.set(pending)
+    stack = _deferred.__dict__.setdefault("stack", [])
+    stack.append(pending)
     try:
         yield pending
     finally:
-        _DEFERRED_DRAWS.reset(token)
+        stack.pop()
 
 
 def host_initializer(draw: Callable[[np.random.Generator, tuple], np.ndarray]) -> Callable:
     """A flax initializer whose numbers are drawn on the host by numpy, seeded by the key.
 
-    XLA's CPU compiler spends ~0.15 s on every jax.random sampling site, so a jitted
-    ResNet-50 init with one site per convolution compiled for ~20 s; a host callback per
-    site compiles in milliseconds. The draw is deterministic in the JAX key.
+    XLA's CPU compiler spends a long time on every jax.random sampling site, and a ResNet
+    has one per convolution; a host callback per site compiles in milliseconds. The draw
+    is deterministic in the JAX key.
     ``init_variables`` defers the draws instead (``deferred_host_draws``): same numbers,
     and a program the persistent compilation cache can keep.
     """
@@ -71,8 +71,9 @@ def host_initializer(draw: Callable[[np.random.Generator, tuple], np.ndarray]) -
         data = jax.random.key_data(key) if jax.dtypes.issubdtype(
             key.dtype, jax.dtypes.prng_key) else key
         host = HostDraw(draw, tuple(shape), np.dtype(dtype))
-        pending = _DEFERRED_DRAWS.get()
-        if pending is not None:
+        stack = getattr(_deferred, "stack", None)
+        if stack:
+            pending = stack[-1]
             placeholder = jnp.zeros(host.shape, host.dtype)
             pending.append((placeholder, data, host))
             return placeholder
@@ -167,8 +168,10 @@ def conv(
     name: str | None = None,
     dtype: Dtype | None = None,
     param_dtype: Dtype = jnp.float32,
+    conv_general_dilated: Callable = jax.lax.conv_general_dilated,
 ) -> nn.Conv:
-    """A bias-free convolution padded as torch pads it: kernel // 2 on every side."""
+    """A bias-free convolution padded as torch pads it: kernel // 2 on every side;
+    ``conv_general_dilated`` is the op that computes it (a model's ``conv`` field)."""
     pad = kernel // 2
     return nn.Conv(
         features,
@@ -183,11 +186,6 @@ def conv(
         param_dtype=param_dtype,
         name=name,
     )
-
-
-def max_pool_3x3_s2(x):
-    """torch.nn.MaxPool2d(kernel_size=3, stride=2, padding=1): pads with -inf."""
-    return max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
 
 
 TAP_SUFFIX = ":out"

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import ResNetJaxError
 from .digits import DigitCNN
-from .layers import deferred_host_draws, tap_name
+from .layers import TAP_SUFFIX, deferred_host_draws, tap_key, tap_name
 from .resnet import ResNet
 
 
@@ -200,11 +200,16 @@ def abstract_variables(model: nn.Module, image_size=None) -> dict:
     return jax.eval_shape(lambda rng: init_variables(model, rng, image_size), jax.random.key(0))
 
 
+# Fields that choose how a model computes (its ops), not what it is: not saved with it.
+OP_FIELDS = ("conv", "pool", "act")
+
+
 def model_config(model: nn.Module) -> dict:
-    """The module's fields as JSON-ready values (the inverse of ``model_from_config``)."""
+    """The module's fields as JSON-ready values (the inverse of ``model_from_config``),
+    without the op fields (``OP_FIELDS``), which are not part of a saved model."""
     config = {"module": type(model).__name__}
     for f in dataclasses.fields(model):
-        if f.name in ("parent", "name"):
+        if f.name in ("parent", "name", *OP_FIELDS):
             continue
         value = getattr(model, f.name)
         if f.name in ("dtype", "param_dtype"):
@@ -241,6 +246,71 @@ def count_params(tree) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
 
 
+def tapped_outputs(model: nn.Module, variables, x, train: bool = False,
+                   perturbations: Mapping[str, Any] | None = None, *, modules: bool = False):
+    """One forward pass of ``model`` that also returns its named (tapped) outputs.
+
+    Returns ``(logits, outputs)``: ``outputs`` is ``{name: array}`` in forward order, the
+    names torchvision's (``conv1``, ``layer1.0``, ..., ``fc``). ``perturbations``
+    (``{name: array}``) are added to those outputs, so ``jax.grad`` with respect to a zero
+    perturbation is the gradient with respect to the output. ``train`` runs BatchNorm on
+    the batch's statistics (the updated running ones are dropped). With ``modules`` the
+    output of every submodule call is in ``outputs`` too, keyed by its flax path
+    (``"/layer1_0/conv1"``: names of outputs never start with ``/``), each module before
+    the modules it calls.
+    Call it inside ``jax.jit`` or ``jax.eval_shape`` as any forward pass; a jitted
+    function that returns the dict returns its keys sorted.
+    """
+    v = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
+    if perturbations:
+        v["perturbations"] = _full_perturbations(model, x, perturbations)
+    mutable = ["intermediates"] + (["batch_stats"] if train else [])
+    logits, state = model.apply(v, x, train=train, mutable=mutable,
+                                capture_intermediates=modules)
+    return logits, dict(_flatten_outputs(state["intermediates"], modules))
+
+
+def _flatten_outputs(tree, modules: bool, path: str = ""):
+    """(key, array) pairs of flax's ``intermediates`` tree in forward order: the taps of
+    the top level by name and, if ``modules``, each submodule's ``__call__`` by path."""
+    for key, value in tree.items():
+        if key.endswith(TAP_SUFFIX):
+            if not path:
+                yield tap_name(key), value[0]
+        elif modules and isinstance(value, Mapping):
+            if "__call__" in value:
+                yield f"{path}/{key}", value["__call__"][0]
+            yield from _flatten_outputs(value, modules, f"{path}/{key}")
+
+
+def _full_perturbations(model, x, perturbations) -> dict:
+    """The ``perturbations`` collection: the given ones, zeros for every other tap (flax
+    refuses a partial collection; XLA folds x + 0 away)."""
+    shapes = _tap_shapes(model, tuple(x.shape), jnp.dtype(x.dtype).name)
+    unknown = [n for n in perturbations if n not in shapes]
+    if unknown:
+        raise ResNetJaxError(
+            f"unknown layer name(s) {unknown}; valid names: {', '.join(shapes)}")
+    full = {tap_key(n): jnp.zeros(s.shape, s.dtype) for n, s in shapes.items()}
+    full.update({tap_key(n): p for n, p in perturbations.items()})
+    return full
+
+
+@functools.lru_cache(maxsize=64)
+def _tap_shapes(model: nn.Module, shape: tuple, dtype: str) -> dict:
+    """``{name: ShapeDtypeStruct}`` of the taps for an input of ``shape``, forward order."""
+    order = []
+
+    def trace(x):
+        variables = model.init(jax.random.key(0), x, train=False)
+        _, outputs = tapped_outputs(model, variables, x)
+        order.extend(outputs)
+        return outputs
+
+    out = jax.eval_shape(trace, jax.ShapeDtypeStruct(shape, jnp.dtype(dtype)))
+    return {n: out[n] for n in order}
+
+
 def features(model: nn.Module, variables, images, names=None, train: bool = False) -> dict:
     """Named intermediate outputs (torchvision's module names) for ``images``.
 
@@ -259,31 +329,16 @@ def features(model: nn.Module, variables, images, names=None, train: bool = Fals
 @functools.lru_cache(maxsize=64)
 def _compiled_features(model: nn.Module, names: tuple, train: bool):
     def run(variables, images):
-        mutable = ["intermediates"] + (["batch_stats"] if train else [])
-        _, state = model.apply(variables, images, train=train, mutable=mutable)
-        out = {tap_name(k): v[0] for k, v in state["intermediates"].items()}
-        return {n: out[n] for n in names}
+        outputs = tapped_outputs(model, variables, images, train=train)[1]
+        return {n: outputs[n] for n in names}
 
     return jax.jit(run)
-
-
-@functools.lru_cache(maxsize=64)
-def _layer_names(model: nn.Module, shape: tuple) -> tuple[str, ...]:
-    order = []
-
-    def trace(x):
-        variables = model.init(jax.random.key(0), x, train=False, mutable=True)
-        order.extend(tap_name(k) for k in variables.get("intermediates", {}))
-        return x
-
-    jax.eval_shape(trace, jax.ShapeDtypeStruct(shape, jnp.float32))
-    return tuple(order)
 
 
 def layer_names(model: nn.Module, input_shape_nhwc=None) -> tuple[str, ...]:
     """The names of ``model``'s intermediate outputs, in forward order."""
     shape = tuple(input_shape_nhwc) if input_shape_nhwc is not None else input_shape(model)
-    return _layer_names(model, (1,) + shape[1:])
+    return tuple(_tap_shapes(model, (1,) + shape[1:], "float32"))
 
 
 def with_new_head(model: nn.Module, variables, num_classes: int, rng: int | jax.Array = 0):

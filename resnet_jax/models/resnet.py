@@ -8,20 +8,30 @@ Module names mirror torchvision's state-dict keys (``layer1.0.conv1`` is the fla
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .autodiff import conv_general_dilated, relu
-from .layers import BatchNorm, Tap, conv, max_pool_3x3_s2, torch_default_init
+from ..ops import legacy  # TEMPORARY (issue 16 transition): the fields' defaults
+from .layers import BatchNorm, Tap, conv, torch_default_init
 
 Dtype = Any
 
+# The ops a model computes with, as fields (``conv``, ``pool``, ``act``): lax's and flax's
+# by default; ``resnet_jax.ops.cpu_fast(model)`` or ``model.clone(act=...)`` choose others.
+DEFAULT_CONV: Callable = legacy.conv
+DEFAULT_POOL: Callable = legacy.pool
+DEFAULT_ACT: Callable = legacy.act
+
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with an identity shortcut (expansion 1)."""
+    """Two 3x3 convolutions with an identity shortcut; ``planes * expansion`` outputs.
+
+    ``conv`` computes the convolutions (``nn.Conv(conv_general_dilated=...)``) and
+    ``act`` is every ReLU; ``pool`` is unused (a field for a uniform block signature).
+    """
 
     planes: int
     stride: int = 1
@@ -30,6 +40,9 @@ class BasicBlock(nn.Module):
     zero_init_residual: bool = False
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    conv: Callable = DEFAULT_CONV
+    pool: Callable = DEFAULT_POOL
+    act: Callable = DEFAULT_ACT
 
     expansion = 1
 
@@ -42,16 +55,19 @@ class BasicBlock(nn.Module):
                 "use block='bottleneck' for ResNeXt and Wide ResNet"
             )
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        ckw = dict(kw, conv_general_dilated=self.conv)
+        out_features = self.planes * self.expansion
         last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
-        out = conv(self.planes, 3, self.stride, name="conv1", **kw)(x)
-        out = relu(BatchNorm(name="bn1", **kw)(out, train))
-        out = conv(self.planes, 3, name="conv2", **kw)(out)
+        out = conv(self.planes, 3, self.stride, name="conv1", **ckw)(x)
+        out = self.act(BatchNorm(name="bn1", **kw)(out, train))
+        out = conv(out_features, 3, name="conv2", **ckw)(out)
         out = BatchNorm(name="bn2", scale_init=last_scale, **kw)(out, train)
-        return relu(out + _shortcut(self, x, self.planes, train, kw))
+        return self.act(out + _shortcut(self, x, out_features, train, kw))
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (carries the stride: ResNet v1.5), 1x1 expand (expansion 4)."""
+    """1x1 reduce, 3x3 (carries the stride: ResNet v1.5), 1x1 expand to
+    ``planes * expansion``. Fields ``conv``, ``pool``, ``act`` as ``BasicBlock``'s."""
 
     planes: int
     stride: int = 1
@@ -60,21 +76,26 @@ class Bottleneck(nn.Module):
     zero_init_residual: bool = False
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    conv: Callable = DEFAULT_CONV
+    pool: Callable = DEFAULT_POOL
+    act: Callable = DEFAULT_ACT
 
     expansion = 4
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        ckw = dict(kw, conv_general_dilated=self.conv)
         width = int(self.planes * (self.base_width / 64.0)) * self.groups
+        out_features = self.planes * self.expansion
         last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
-        out = conv(width, 1, name="conv1", **kw)(x)
-        out = relu(BatchNorm(name="bn1", **kw)(out, train))
-        out = conv(width, 3, self.stride, self.groups, name="conv2", **kw)(out)
-        out = relu(BatchNorm(name="bn2", **kw)(out, train))
-        out = conv(self.planes * 4, 1, name="conv3", **kw)(out)
+        out = conv(width, 1, name="conv1", **ckw)(x)
+        out = self.act(BatchNorm(name="bn1", **kw)(out, train))
+        out = conv(width, 3, self.stride, self.groups, name="conv2", **ckw)(out)
+        out = self.act(BatchNorm(name="bn2", **kw)(out, train))
+        out = conv(out_features, 1, name="conv3", **ckw)(out)
         out = BatchNorm(name="bn3", scale_init=last_scale, **kw)(out, train)
-        return relu(out + _shortcut(self, x, self.planes * 4, train, kw))
+        return self.act(out + _shortcut(self, x, out_features, train, kw))
 
 
 def _shortcut(block: nn.Module, x, out_features: int, train: bool, kw: dict):
@@ -85,7 +106,7 @@ def _shortcut(block: nn.Module, x, out_features: int, train: bool, kw: dict):
     y = nn.Conv(
         out_features, (1, 1), strides=(block.stride, block.stride), padding="VALID",
         use_bias=False, kernel_init=conv(1, 1).kernel_init,
-        conv_general_dilated=conv_general_dilated, parent=block,
+        conv_general_dilated=block.conv, parent=block,
         name="downsample_0", **kw,
     )(x)
     return BatchNorm(parent=block, name="downsample_1", **kw)(y, train)
@@ -110,6 +131,11 @@ class ResNet(nn.Module, Tap):
       in_channels: channels of the input images (3 for RGB, 1 for grayscale).
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay in ``param_dtype``
         and BatchNorm statistics in float32.
+      conv, pool, act: the ops it computes with, passed on to every block: the
+        convolution (as ``jax.lax.conv_general_dilated``), the stem's max-pool (as
+        ``flax.linen.max_pool``) and every ReLU (as ``flax.linen.relu``). Not saved with
+        the model; ``resnet_jax.ops.cpu_fast(model)`` swaps in the CPU-fast ones and
+        ``model.clone(act=guided_relu)`` a modified ReLU.
     """
 
     block: str = "basic"
@@ -123,6 +149,9 @@ class ResNet(nn.Module, Tap):
     in_channels: int = 3
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    conv: Callable = DEFAULT_CONV
+    pool: Callable = DEFAULT_POOL
+    act: Callable = DEFAULT_ACT
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -136,18 +165,22 @@ class ResNet(nn.Module, Tap):
                 f"expected NHWC images with {self.in_channels} channels, got shape {x.shape}"
             )
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        ops = dict(conv=self.conv, pool=self.pool, act=self.act)
         block_cls = BLOCKS[self.block]
         x = x.astype(self.dtype or x.dtype)
 
         first = self.stage_widths[0]
         if self.stem == "imagenet":
-            x = self.tap("conv1", conv(first, 7, 2, name="conv1", **kw)(x))
+            stem = conv(first, 7, 2, name="conv1", conv_general_dilated=self.conv, **kw)
         else:
-            x = self.tap("conv1", conv(first, 3, 1, name="conv1", **kw)(x))
+            stem = conv(first, 3, 1, name="conv1", conv_general_dilated=self.conv, **kw)
+        x = self.tap("conv1", stem(x))
         x = self.tap("bn1", BatchNorm(name="bn1", **kw)(x, train))
-        x = self.tap("relu", relu(x))
+        x = self.tap("relu", self.act(x))
         if self.stem == "imagenet":
-            x = self.tap("maxpool", max_pool_3x3_s2(x))
+            # torch.nn.MaxPool2d(kernel_size=3, stride=2, padding=1): pads with -inf.
+            x = self.tap("maxpool", self.pool(x, (3, 3), strides=(2, 2),
+                                              padding=((1, 1), (1, 1))))
 
         for i, (blocks, planes) in enumerate(zip(self.stage_sizes, self.stage_widths)):
             for j in range(blocks):
@@ -159,6 +192,7 @@ class ResNet(nn.Module, Tap):
                     zero_init_residual=self.zero_init_residual,
                     name=f"layer{i + 1}_{j}",
                     **kw,
+                    **ops,
                 )(x, train)
                 x = self.tap(f"layer{i + 1}.{j}", x)
             x = self.tap(f"layer{i + 1}", x)

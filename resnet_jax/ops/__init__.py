@@ -1,0 +1,52 @@
+"""Custom-gradient ops: the same values as lax's and flax's, with gradients written the
+way XLA:CPU compiles well. Opt-in, as module fields:
+
+    >>> from resnet_jax import ops
+    >>> fast = ops.cpu_fast(model)  # on the CPU: the ops below; elsewhere: model
+    >>> fast.apply(variables, images, train=True, mutable=["batch_stats"])
+
+``conv_general_dilated`` (``ops.conv``), ``max_pool`` (``ops.pool``) and ``relu``
+(``ops.relu``) are ``jax.custom_vjp`` functions: reverse mode only. On a GPU or TPU the
+backend's own gradient kernels are the fast ones, so ``cpu_fast`` leaves the model as is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+from jax import lax
+
+from . import legacy
+from .conv import conv_general_dilated
+from .legacy import fast_gradients, loop_friendly_gradients, relu_variant
+from .pool import max_pool
+from .relu import relu
+
+# The plain ops a model's fields hold by default (and the transition's dispatchers).
+_PLAIN = {
+    "conv": (lax.conv_general_dilated, legacy.conv),
+    "pool": (nn.max_pool, legacy.pool),
+    "act": (nn.relu, legacy.act),
+}
+_FAST = {"conv": conv_general_dilated, "pool": max_pool, "act": relu}
+
+
+def cpu_fast(model: nn.Module) -> nn.Module:
+    """``model`` with the CPU-fast ops in its ``conv``, ``pool`` and ``act`` fields when
+    JAX's default backend is the CPU; otherwise ``model`` itself.
+
+    Only fields that hold the plain default are replaced: a guided or redirected ReLU
+    (``model.clone(act=...)``) or any other chosen op is kept.
+    """
+    if jax.default_backend() != "cpu":
+        return model
+    fields = {f.name for f in dataclasses.fields(model)}
+    changes = {name: fast for name, fast in _FAST.items()
+               if name in fields and getattr(model, name) in _PLAIN[name]}
+    return model.clone(**changes) if changes else model
+
+
+__all__ = ["conv_general_dilated", "cpu_fast", "fast_gradients", "loop_friendly_gradients",
+           "max_pool", "relu", "relu_variant"]
