@@ -56,6 +56,7 @@ BAD_SETTINGS = [
     (["--stage-sizes", "1,0"], "--stage-sizes must be integers >= 1"),
     (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
     (["--keep", "0"], "--keep must be an integer >= 1"),
+    (["--log-every", "0"], "--log-every must be an integer >= 1"),
     (["--seed", "-1"], "--seed must be an integer >= 0"),
     (["--dataset", "synthetic:classes=0"], "synthetic option classes must be an integer >= 2"),
     (["--dataset", "synthetic:classes=1"], "synthetic option classes must be an integer >= 2"),
@@ -70,6 +71,26 @@ def test_out_of_range_settings_are_refused_before_anything_is_written(bad, messa
     line = _one_error_line(capsys)
     assert message in line and "got" in line
     assert not out.exists()
+
+
+def test_every_setting_has_its_flag_and_the_flags_give_the_setting():
+    """The train command's flags are generated from TrainConfig: each field has one, with
+    the field's default, and parsed flags build the same config as the API."""
+    import argparse
+    import dataclasses
+
+    from resnet_jax.train.cli import config_from_args, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["train"])
+    assert config_from_args(args) == TrainConfig()
+    args = parser.parse_args(["train", *TINY_ARGS, "--no-nesterov", "--channels", "1", "--lr", "0.5",
+                              "--log-every", "3", "--stem", "small", "--resume", "--output", "x"])
+    assert config_from_args(args) == TrainConfig(
+        **{**TINY, "model_options": {"stage_widths": [8, 16], "stem": "small"}}, nesterov=False,
+        channels=1, lr=0.5, log_every=3, resume=True, output="x")
+    assert {f.name for f in dataclasses.fields(TrainConfig)} - set(vars(args)) == {"model_options"}
 
 
 def test_the_api_refuses_what_the_command_refuses(tmp_path):

@@ -511,3 +511,48 @@ def test_ten_random_sigkills_around_saves_resume_with_the_same_losses(tmp_path, 
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     print(f"{len(kills)} kills (new entries, delay s): {kills}")
+
+
+def test_resnet_jax_train_evaluate_stays_the_function_after_the_evaluate_command_loads():
+    import resnet_jax.train
+    import resnet_jax.train.evaluation  # what `resnet-jax evaluate` imports
+
+    assert callable(resnet_jax.train.evaluate)
+    assert resnet_jax.train.evaluate is resnet_jax.train.evaluation.evaluate
+
+
+def test_fetched_metrics_stop_at_the_first_non_finite_step_and_log_those_before(tmp_path):
+    """Metrics of several steps fetched at once: the steps before the first non-finite one
+    are logged, the error names that step, nothing after it is logged."""
+    from types import SimpleNamespace
+
+    from resnet_jax.train.logs import MetricLog
+    from resnet_jax.train.loop import _Metrics
+
+    run = SimpleNamespace(data=SimpleNamespace(steps_per_epoch=4), run_dir=tmp_path,
+                          cfg=SimpleNamespace(batch_size=8))
+    bar = SimpleNamespace(update=lambda n: None, set_postfix=lambda **kw: None)
+    logs = MetricLog(tmp_path, tensorboard=False)
+    metrics = _Metrics(run, logs, bar, SimpleNamespace(last_good=4))
+    for step, loss in [(5, 1.0), (6, 0.5), (7, float("nan")), (8, float("inf"))]:
+        metrics.add(step, {"loss": jax.numpy.float32(loss), "grad_norm": jax.numpy.float32(1.0)})
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 7 \(epoch 2\).*step 4, is kept"):
+        metrics.fetch()
+    logs.close()
+    assert [(r["step"], r["epoch"], r["loss"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == \
+        [(5, 2, 1.0), (6, 2, 0.5)]
+
+
+def test_a_resumed_runs_tensorboard_file_restarts_after_the_resumed_step(tmp_path):
+    """TensorBoard drops what an earlier file logged at or after a SessionLog.START's step."""
+    from tensorboardX.proto import event_pb2
+    from test_tfevents import read_events
+
+    from resnet_jax.train.logs import MetricLog
+
+    logs = MetricLog(tmp_path, start_step=4)
+    logs.write({"kind": "train", "step": 5, "loss": 0.5})
+    logs.close()
+    events = read_events(next((tmp_path / "tensorboard").glob("events.out.tfevents.*")))
+    assert events[1].step == 5 and events[1].session_log.status == event_pb2.SessionLog.START
+    assert events[2].step == 5 and events[2].summary.value[0].tag == "train/loss"
