@@ -5,7 +5,7 @@ the length, an ``Event`` protocol buffer, masked CRC-32C of the data) whose firs
 names the file version and whose others carry ``Summary`` values. Only the fields a
 scalar needs are encoded here, by hand, so the training command starts without
 importing a protobuf or tensor library (tensorboardX imports torch when it is
-installed: about 2 s at every start).
+installed, which would delay every start).
 """
 
 from __future__ import annotations
