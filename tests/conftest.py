@@ -15,6 +15,17 @@ torch.set_num_threads(2)
 os.environ.setdefault("RESNET_JAX_CACHE", "off")  # tests do not write a compilation cache
 
 
+# The largest architecture of each block type runs with `make test-slow`: a smaller one of
+# the same block covers the same code (resnet50 and resnet101 for resnet152's Bottleneck,
+# resnext50_32x4d for the grouped ones, wide_resnet50_2 for the wide one).
+SLOW_ARCHS = ("resnet152", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet101_2")
+
+
+def arch_params(archs):
+    """``archs`` for ``pytest.mark.parametrize``, those in ``SLOW_ARCHS`` marked slow."""
+    return [pytest.param(a, marks=pytest.mark.slow) if a in SLOW_ARCHS else a for a in archs]
+
+
 def randomize_batchnorm(model, seed: int = 0):
     """Random BatchNorm affine parameters and running statistics (defaults of 0 and 1
     would hide a transposed or swapped tensor)."""

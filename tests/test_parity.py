@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from conftest import nchw, rel_err, torch_stages, torchvision_model
+from conftest import arch_params, nchw, rel_err, torch_stages, torchvision_model
 
 import resnet_jax
 from resnet_jax.models import TORCHVISION_ARCHS
@@ -20,7 +20,7 @@ STAGES = ("layer1", "layer2", "layer3", "layer4")
 TOL = 1e-5
 
 
-@pytest.mark.parametrize("arch", TORCHVISION_ARCHS)
+@pytest.mark.parametrize("arch", arch_params(TORCHVISION_ARCHS))
 def test_eval_parity_every_stage(arch, rng):
     tv = torchvision_model(arch, seed=int(rng.integers(1 << 30)))
     model, variables = from_torch(tv)
