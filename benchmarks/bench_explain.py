@@ -153,7 +153,9 @@ def main(argv=None):
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     args = ap.parse_args(argv)
+    from resnet_jax import xla_cpu
 
+    xla_cpu.configure()  # the CLI's CPU tuning, before JAX starts
     import torch
     import torchvision
 

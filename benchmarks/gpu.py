@@ -104,9 +104,11 @@ def main(argv=None) -> int:
         print(f"wrote section 'GPU' of {args.out}")
         return 0
 
+    from resnet_jax import xla_cpu
+
+    xla_cpu.configure()  # the CLI's settings, before JAX starts (CPU-only flags)
     import jax
 
-    import resnet_jax  # noqa: F401  (project settings, as every entry point)
     from resnet_jax.cli import enable_compilation_cache
 
     out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else None

@@ -2,7 +2,7 @@
 (dx) and kernel gradient (dw), JAX (the models' convolution with the train step's gradient
 rules) against torch's
 ``aten.convolution_backward`` in the same process. Prefix ``XLA_FLAGS=...`` to try other
-XLA convolution back ends (benchmarks/NOTES.md, 8a and 8c).
+XLA convolution back ends (the method is in benchmarks/NOTES.md).
 
     python benchmarks/probe_convs.py
 """
@@ -40,12 +40,11 @@ def jax_times(hw, ci, co, k, s, p) -> list[float]:
     import jax
     import jax.numpy as jnp
 
-    from resnet_jax.models import autodiff
+    from resnet_jax import ops
 
-    def conv(x, w):  # the models' convolution, with the train step's gradient rules
-        with autodiff.fast_gradients():
-            return autodiff.conv_general_dilated(x, w, (s, s), ((p, p), (p, p)),
-                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    def conv(x, w):  # the convolution the train step runs on the CPU (ops.cpu_fast)
+        return ops.conv_general_dilated(x, w, (s, s), ((p, p), (p, p)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
     x = jax.random.normal(jax.random.key(0), (BATCH, hw, hw, ci))
     w = jax.random.normal(jax.random.key(1), (k, k, ci, co)) * 0.05
@@ -76,6 +75,9 @@ def torch_times(hw, ci, co, k, s, p) -> list[float]:
 
 
 def main():
+    from resnet_jax import xla_cpu
+
+    xla_cpu.configure()  # the CLI's CPU tuning, before JAX starts
     import torch
 
     torch.set_num_threads(2)

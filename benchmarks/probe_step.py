@@ -24,6 +24,9 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--repeats", type=int, default=6)
     args = ap.parse_args(argv)
+    from resnet_jax import xla_cpu
+
+    xla_cpu.configure()  # resnet_jax's settings (RESNET_JAX_XLA_FLAGS=0: XLA's defaults)
     from benchmarks import steps
 
     run, _, _ = steps.jax_train_step(args.arch, args.batch, args.size)

@@ -295,7 +295,9 @@ def main(argv=None):
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--train-args", default="", help="one string, split like a shell")
     args = ap.parse_args(argv)
-    import resnet_jax  # noqa: F401  (applies the project's XLA settings, as the CLI does)
+    from resnet_jax import xla_cpu
+
+    xla_cpu.configure()  # the CPU tuning, as the CLI applies it; before JAX starts
 
     result = ROWS[args.row](args)
     result["peak_rss_mib"] = result.get("peak_rss_mib", peak_rss_mib())

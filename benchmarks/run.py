@@ -155,8 +155,9 @@ def render(info: dict, res: dict, args) -> str:
          f"- jax {info['jax']} (jaxlib {info['jaxlib']}), flax {info['flax']}, optax {info['optax']}, "
          f"torch {info['torch']}, torchvision {info['torchvision']}, Python {info['python']}",
          f"- date: {info['date']}; load average at start: {info['load']}",
-         f"- XLA_FLAGS set by resnet_jax: `{res.get('_xla_flags', '')}`; inference programs "
-         "are also compiled with `resnet_jax.models.layers.inference_compiler_options()` "
+         f"- XLA_FLAGS set by `resnet_jax.xla_cpu.configure()`: `{res.get('_xla_flags', '')}`; "
+         "inference programs are also compiled with "
+         "`resnet_jax.xla_cpu.inference_compiler_options()` "
          "(no YNNPACK fusions)", ""]
     models = [r for k, r in res.items() if k.startswith(("train", "infer"))]
     if models:
@@ -284,7 +285,9 @@ def main(argv=None):
     if args.quick:
         common.append("--quick")
 
-    import resnet_jax  # noqa: F401  (sets XLA_FLAGS as every resnet_jax process does)
+    from resnet_jax import xla_cpu
+
+    xla_cpu.configure()  # the CLI's CPU tuning; the rows' processes inherit XLA_FLAGS
 
     info = machine_info()
     res: dict = {"_xla_flags": os.environ.get("XLA_FLAGS", "")}

@@ -3,7 +3,7 @@
 JAX: the project's own ``make_train_step`` (forward in train mode, cross-entropy,
 gradients, SGD with momentum 0.9, BatchNorm running statistics) jitted with the state
 donated, exactly as ``resnet_jax.train.loop`` jits it; inference is ``model.apply`` in eval
-mode under ``jax.jit``. Torch: ``model.train()``, the same loss, ``loss.backward()``,
+mode, ``ops.cpu_fast(model)`` under ``xla_cpu.inference_jit``, as ``predict`` runs it. Torch: ``model.train()``, the same loss, ``loss.backward()``,
 ``torch.optim.SGD(momentum=0.9)``; inference under ``torch.inference_mode()`` in eval mode.
 Both get the same batch size, image size and float32 parameters.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from resnet_jax.imagenet import MEAN as IMAGENET_MEAN
+from resnet_jax.imagenet import STD as IMAGENET_STD
 
 
 def batch_arrays(batch: int, size: int, num_classes: int = 1000, seed: int = 0):
@@ -83,13 +83,14 @@ def jax_infer(arch: str, batch: int, size: int, dtype=None, block: bool = True):
     import jax
     import jax.numpy as jnp
 
-    from resnet_jax import create_model, init_variables
+    from resnet_jax import create_model, init_variables, ops
     from resnet_jax.train.step import normalize
     from resnet_jax.xla_cpu import inference_jit
 
     kw = {} if dtype is None else {"dtype": jnp.dtype(dtype)}
     model = create_model(arch, **kw)
     variables = init_variables(model, 0)
+    model = ops.cpu_fast(model)  # as the project's inference paths run it
 
     def infer(variables, images):
         return model.apply(variables, normalize(images, IMAGENET_MEAN, IMAGENET_STD), train=False)

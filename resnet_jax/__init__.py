@@ -23,7 +23,7 @@ _MODELS = {"ARCHS", "abstract_variables", "count_params", "create_model", "featu
            "init_variables", "model_config", "model_from_config"}
 _LAZY = {"save": "checkpoint", "load": "checkpoint", **{name: "models" for name in _MODELS}}
 _SUBMODULES = {"port", "data", "train", "explain", "viz", "imagenet", "checkpoint", "cli",
-               "models"}
+               "models", "ops", "xla_cpu"}
 
 
 def __getattr__(name):

@@ -87,16 +87,17 @@ def run(argv: list[str] | None = None) -> int:
     """``main`` for a process that runs one command and exits (the ``resnet-jax`` script,
     ``train.py``, ``convert_weights.py``).
 
-    It loads jax and flax first with Ctrl-C ending the process at once ("interrupted",
-    status 130): a KeyboardInterrupt raised inside their native extensions' start-up
-    surfaces as an ImportError, or crashes it. Then it freezes what they left (objects that
-    live as long as the process), so no later collection traverses them. ``main``, which
-    other programs and the tests call inside a process they keep, does neither.
+    It applies the CPU tuning (``xla_cpu.configure()``) and loads jax and flax first, with
+    Ctrl-C ending the process at once ("interrupted", status 130): a KeyboardInterrupt
+    raised inside their native extensions' start-up surfaces as an ImportError, or crashes
+    it. Then it freezes what they left (objects that live as long as the process), so no
+    later collection traverses them. ``main``, which other programs and the tests call
+    inside a process they keep, does none of this.
     """
+    previous = signal.signal(signal.SIGINT, _exit_interrupted)
     from . import xla_cpu
 
-    xla_cpu.configure()
-    previous = signal.signal(signal.SIGINT, _exit_interrupted)
+    xla_cpu.configure()  # the CPU tuning, before JAX starts
     import flax.linen  # noqa: F401
     import jax  # noqa: F401
 

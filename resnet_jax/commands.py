@@ -77,6 +77,7 @@ def run_predict(args) -> int:
     import jax
     import numpy as np
 
+    from . import ops
     from .explain.inputs import load_model
     from .xla_cpu import inference_jit
 
@@ -84,7 +85,8 @@ def run_predict(args) -> int:
         raise ResNetJaxError(f"--top {args.top}: give a positive number of classes to show")
     m = load_model(args.weights)
     batch = m.preprocess(list(args.images))
-    logits = inference_jit(lambda v, x: m.model.apply(v, x, train=False))(m.variables, batch)
+    model = ops.cpu_fast(m.model)
+    logits = inference_jit(lambda v, x: model.apply(v, x, train=False))(m.variables, batch)
     probs = np.asarray(jax.nn.softmax(np.asarray(logits, np.float32), axis=-1))
     k = min(args.top, probs.shape[-1])
     for path, p in zip(args.images, probs):

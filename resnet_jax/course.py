@@ -127,8 +127,10 @@ def session(notebook_file: str, argv: list[str] | None = None) -> Session:
     fast = os.environ.get(FAST_ENV, "").lower() in ("1", "true", "yes") or "--fast" in argv
     positional = [a for a in argv if not a.startswith("-")]
     root = Path(os.environ.get(OUT_ENV) or (positional[0] if positional else DEFAULT_OUT))
+    from . import xla_cpu
     from .cli import enable_compilation_cache
 
+    xla_cpu.configure()  # a notebook is an entry point: the CLI's CPU tuning, if still in time
     enable_compilation_cache()  # RESNET_JAX_CACHE, as the resnet-jax command
     name = Path(notebook_file).stem
     out = root / name
@@ -212,17 +214,16 @@ def trained_digit_cnn(s: Session):
 
 
 def train(model, x, y, steps: int, batch: int = 64, lr: float = 3e-3, seed: int = 0):
-    """``resnet_jax.explain.testing.train_classifier`` (Adam, one compiled scan) traced
-    under ``fast_gradients`` (XLA:CPU compiles JAX's own convolution gradients inside a
+    """``resnet_jax.explain.testing.train_classifier`` (Adam, one compiled scan) of
+    ``ops.cpu_fast(model)`` (XLA:CPU compiles JAX's own convolution gradients inside a
     scan as slow loops), waited for. Returns the variables."""
     import jax
 
+    from . import ops
     from .explain import testing
-    from .models import fast_gradients
 
-    with fast_gradients():
-        variables = testing.train_classifier(model, x, y, steps=steps, batch=batch, lr=lr,
-                                             seed=seed)
+    variables = testing.train_classifier(ops.cpu_fast(model), x, y, steps=steps, batch=batch,
+                                         lr=lr, seed=seed)
     return jax.block_until_ready(variables)
 
 
@@ -321,8 +322,11 @@ def select(only: list[int] | None) -> list[Path]:
 def run_notebook(path: Path, out: Path, fast: bool, log) -> tuple[int, float]:
     """Run one notebook as a fresh Python process; its output goes to ``log``.
     Returns (exit status, seconds)."""
+    from .xla_cpu import with_cpu_flags
+
     env = dict(os.environ, **{OUT_ENV: str(out), FAST_ENV: "1" if fast else "0"})
     env.setdefault("MPLBACKEND", "Agg")
+    env["XLA_FLAGS"] = with_cpu_flags(env.get("XLA_FLAGS", ""))  # the CLI's CPU tuning
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, str(path)], env=env, stdout=log,
                           stderr=subprocess.STDOUT, cwd=course_dir().parent)

@@ -45,15 +45,23 @@ def configure(flags=CPU_XLA_FLAGS) -> bool:
     knows it (XLA aborts on an unknown flag) and the user did not set it already;
     ``RESNET_JAX_XLA_FLAGS=0`` opts out. Returns whether the environment was changed.
     """
-    if _opted_out():
-        return False
     current = os.environ.get("XLA_FLAGS", "")
-    missing = [f for f in flags if f.split("=")[0] not in current and _jaxlib_knows(f)]
-    if not missing:
+    new = with_cpu_flags(current, flags)
+    if new == current:
         return False
-    os.environ["XLA_FLAGS"] = " ".join([current, *missing]).strip()
-    _added.extend(missing)
+    os.environ["XLA_FLAGS"] = new
+    _added.extend(f for f in flags if f not in current and f in new)
     return True
+
+
+def with_cpu_flags(xla_flags: str, flags=CPU_XLA_FLAGS) -> str:
+    """``xla_flags`` (an ``XLA_FLAGS`` value) with those of ``flags`` added that this
+    jaxlib knows and it does not set already; unchanged under ``RESNET_JAX_XLA_FLAGS=0``.
+    For the environment of a child process; ``configure()`` applies it to this one."""
+    if _opted_out():
+        return xla_flags
+    missing = [f for f in flags if f.split("=")[0] not in xla_flags and _jaxlib_knows(f)]
+    return " ".join([xla_flags, *missing]).strip() if missing else xla_flags
 
 
 def _user_flags() -> str:

@@ -167,47 +167,6 @@ def test_predict_matches_torchvision(tmp_path, capsys):
     assert code == 2 and "broken.jpg" in err and "truncated or not an image" in err
 
 
-def _python(code: str) -> list[str]:
-    """Run ``code`` in a fresh interpreter; its standard output, split into words."""
-    import subprocess
-    import sys
-
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return r.stdout.split()
-
-
-def test_importing_the_package_changes_nothing_outside_it():
-    """``import resnet_jax`` loads no framework and leaves the process as it was: the
-    environment, the collector's state and its frozen generation."""
-    code = (
-        "import gc, os, sys\n"
-        "env, frozen, enabled = dict(os.environ), gc.get_freeze_count(), gc.isenabled()\n"
-        "import resnet_jax\n"
-        "print(dict(os.environ) == env, gc.get_freeze_count() == frozen, gc.isenabled() == enabled,"
-        " 'jax' in sys.modules)\n"
-    )
-    assert _python(code) == ["True", "True", "True", "False"]
-
-
-def test_the_one_command_entry_point_freezes_what_the_imports_left():
-    """``resnet_jax.cli.run`` (the ``resnet-jax`` script, ``train.py``) moves the objects
-    that importing jax and flax left out of the collector's reach, then runs the command;
-    ``main``, which the tests and other programs call, does not."""
-    code = (
-        "import gc\n"
-        "from resnet_jax.cli import main, run\n"
-        "before = gc.get_freeze_count()\n"
-        "assert main(['summary', 'my_resnet']) == 0 and gc.get_freeze_count() == before\n"
-        "print(before, run(['summary', 'my_resnet']), gc.get_freeze_count(), gc.isenabled())\n"
-    )
-    before, status, frozen, enabled = _python(code)[-4:]
-    assert (int(before), int(status), enabled) == (0, 0, "True")
-    assert int(frozen) > 50_000  # jax's and flax's modules, functions and classes
-
-
-
-
 @pytest.mark.parametrize("entry", ["train.py", "convert_weights.py", "resnet_jax.cli"])
 def test_ctrl_c_while_jax_loads_ends_in_one_line_with_status_130(entry, tmp_path):
     """A Ctrl-C that lands while an entry point loads jax (here: when jaxlib's native

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 
@@ -108,7 +107,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_statistics(rng):
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 def test_train_mode_gradients_match_torchvision(arch):
     """Weight gradients of a train-mode cross-entropy loss, traced with the train step's
-    gradient rules (``fast_gradients``), against torchvision's in float64.
+    gradient rules (``ops.cpu_fast``), against torchvision's in float64.
 
     With random weights some gradients are ill-conditioned (sums that nearly cancel), and
     how far a float32 computation drifts from float64 depends on the processor: on an AVX2
@@ -117,7 +116,7 @@ def test_train_mode_gradients_match_torchvision(arch):
     gradients (within 1e-4 of their drift, or 1e-5), and both to float64 torchvision within
     five times the larger float32 drift (or 1e-4) per tensor, twice it over all gradients,
     never above 5e-2: a wrongly mapped or wrongly computed tensor (error ~1) fails."""
-    from resnet_jax.models.autodiff import fast_gradients
+    from resnet_jax import ops
     from resnet_jax.port import to_torch
 
     rng = np.random.default_rng(0)  # fixed: how well conditioned a draw is varies
@@ -129,9 +128,9 @@ def test_train_mode_gradients_match_torchvision(arch):
     labels = rng.integers(0, 1000, 4)
 
     def loss(params, fast):
-        with fast_gradients() if fast else contextlib.nullcontext():  # as make_train_step
-            logits, _ = model.apply({**variables, "params": params}, x, train=True,
-                                    mutable=["batch_stats"])
+        m = ops.cpu_fast(model) if fast else model  # as make_train_step
+        logits, _ = m.apply({**variables, "params": params}, x, train=True,
+                            mutable=["batch_stats"])
         logp = jax.nn.log_softmax(logits)
         return -np.float32(1 / len(labels)) * logp[np.arange(len(labels)), labels].sum()
 

@@ -6,19 +6,31 @@ gradients, one optax update. ``eval_step(state, batch) -> metrics``: eval mode, 
 over the rows whose ``mask`` is 1, and the predictions.
 
 Batches hold uint8 NHWC images; normalisation ``(x / 255 - mean) / std`` happens here,
-on the device, so the host sends a quarter of the bytes.
+on the device, so the host sends a quarter of the bytes. When ``state.apply_fn`` is a
+model's ``apply``, both steps run ``resnet_jax.ops.cpu_fast(model)``: on the CPU, the ops
+whose gradients (and stem pool) XLA:CPU compiles well; elsewhere the model as it is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from ..models.autodiff import fast_gradients
+from .. import ops
 from .state import TrainState
+
+
+def cpu_fast_apply(apply_fn):
+    """``ops.cpu_fast(model).apply`` for ``apply_fn = model.apply``; any other function
+    unchanged."""
+    model = getattr(apply_fn, "__self__", None)
+    if isinstance(model, nn.Module) and getattr(apply_fn, "__name__", "") == "apply":
+        return ops.cpu_fast(model).apply
+    return apply_fn
 
 
 def normalize(images, mean: Sequence[float], std: Sequence[float]):
@@ -56,19 +68,18 @@ def make_train_step(mean, std, num_classes: int, label_smoothing: float = 0.0,
     def train_step(state: TrainState, batch):
         x = normalize(batch["image"], mean, std)
         labels = batch["label"]
+        apply_fn = cpu_fast_apply(state.apply_fn)
 
         def loss_fn(params):
-            logits, new_vars = state.apply_fn(
+            logits, new_vars = apply_fn(
                 {"params": params, "batch_stats": state.batch_stats}, x,
                 train=True, mutable=["batch_stats"],
             )
             loss = jnp.mean(cross_entropy(logits, labels, num_classes, label_smoothing))
             return loss, (logits, new_vars.get("batch_stats", state.batch_stats))
 
-        # Traced with the gradients XLA:CPU compiles well (strided convolutions, max-pool).
-        with fast_gradients():
-            (loss, (logits, batch_stats)), grads = jax.value_and_grad(
-                loss_fn, has_aux=True)(state.params)
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True)(state.params)
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         logits = logits.astype(jnp.float32)
@@ -96,7 +107,7 @@ def make_eval_step(mean, std, num_classes: int):
 
     def eval_step(state: TrainState, batch):
         x = normalize(batch["image"], mean, std)
-        logits = state.apply_fn(
+        logits = cpu_fast_apply(state.apply_fn)(
             {"params": state.params, "batch_stats": state.batch_stats}, x, train=False
         ).astype(jnp.float32)
         labels, mask = batch["label"], batch["mask"]
