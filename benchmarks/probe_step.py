@@ -1,7 +1,7 @@
 """This project's jitted train step alone (no torch in the process): images/s.
 
 For A/B comparisons of XLA options across processes, where a same-process rotation with
-torch would mix in the two libraries' interference (benchmarks/NOTES.md, 8c):
+torch would mix in the two libraries' interference (method: benchmarks/NOTES.md):
 
     python benchmarks/probe_step.py                      # resnet_jax's settings
     RESNET_JAX_XLA_FLAGS=0 python benchmarks/probe_step.py   # XLA's defaults
