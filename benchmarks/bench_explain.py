@@ -194,7 +194,17 @@ def main(argv=None):
             print(f"maximize ({how}): ours {am_ours:.2f} channel-steps/s, torch-lucent "
                   f"{am_theirs:.2f}, ratio {am_ours / am_theirs:.2f}x")
     info["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    text = render(args, info, rows)
+    print(text)
+    if not args.no_write:
+        from benchmarks import write_section  # ROOT is on sys.path (top of this file)
 
+        write_section(args.out, "Explain", text)
+        print(f"wrote section 'Explain' of {args.out}")
+
+
+def render(args, info: dict, rows: list) -> str:
+    """The Explain section of BENCHMARKS.md."""
     lines = [
         "## Explain", "",
         f"`python benchmarks/bench_explain.py --repeats {args.repeats} --am-steps {args.am_steps}"
@@ -218,13 +228,7 @@ def main(argv=None):
               "leaves them). Grad-CAM latency ratio is the peer's time over ours. The chunked "
               "row runs the same optimisation as jitted programs of a few unrolled steps "
               "instead of one lax.scan (`maximize(..., chunk=k)`).", ""]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        from benchmarks import write_section  # ROOT is on sys.path (top of this file)
-
-        write_section(args.out, "Explain", text)
-        print(f"wrote section 'Explain' of {args.out}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

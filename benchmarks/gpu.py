@@ -117,37 +117,51 @@ def main(argv=None) -> int:
     log("jax devices:", devices)
     vers = versions()
     log("versions:", ", ".join(f"{k} {v}" for k, v in vers.items()))
-    try:
-        import torch
-
-        cuda = torch.cuda.is_available()
-        log("torch cuda devices:", [torch.cuda.get_device_name(i)
-                                    for i in range(torch.cuda.device_count())])
-    except Exception as e:  # torch missing: jax rows only
-        torch, cuda = None, False
-        log("torch unavailable:", e)
-    gpu = devices[0].platform == "gpu"
-    tiny = os.environ.get("GPU_BENCH_TINY", "0") not in ("", "0") or not gpu
-    arch = os.environ.get("GPU_BENCH_ARCH", "resnet50")
-    batch = int(os.environ.get("GPU_BENCH_BATCH", 2 if tiny else 256))
-    size = int(os.environ.get("GPU_BENCH_SIZE", 64 if tiny else 224))
-    steps_per_block = 2 if tiny else 10
-    blocks = 2 if tiny else 5
-    tdev = "cuda" if cuda else "cpu"
-    log(f"{'tiny' if tiny else 'full'} run: {arch}, batch {batch}, {size}x{size}, "
-        f"{blocks} blocks of {steps_per_block} steps; torch on {tdev}")
+    torch, cuda = _torch()
+    run = _Run(devices[0].platform == "gpu", "cuda" if cuda else "cpu")
+    log(f"{'tiny' if run.tiny else 'full'} run: {run.arch}, batch {run.batch}, "
+        f"{run.size}x{run.size}, {run.blocks} blocks of {run.steps_per_block} steps; "
+        f"torch on {run.tdev}")
     if torch is not None and cuda:
         torch.backends.cudnn.benchmark = True
     elif torch is not None:
         torch.set_num_threads(os.cpu_count() or 1)
+    train_row = _step_rows(run, torch)
+    _gradcam_row(run, torch)
+    profiles = {}
+    if os.environ.get("GPU_BENCH_PROFILE", "1") != "0":
+        profiles = profile_train(run.makers_by_row.get(train_row, {}), out_dir, torch, run.tdev)
+    _report(run, devices, vers, profiles, out_dir)
+    return 0
 
-    from benchmarks import steps
 
-    rows, makers_by_row = [], {}
+def _torch():
+    """``(torch module or None, whether it has CUDA)``."""
+    try:
+        import torch
 
-    def timed(name, makers, n_images):
-        """makers: {framework: () -> (step, ...)} where ``step.sync()`` (if any) waits for
-        the dispatched steps; alternate blocks of steps."""
+        log("torch cuda devices:", [torch.cuda.get_device_name(i)
+                                    for i in range(torch.cuda.device_count())])
+        return torch, torch.cuda.is_available()
+    except Exception as e:  # torch missing: jax rows only
+        log("torch unavailable:", e)
+        return None, False
+
+
+class _Run:
+    """The run's settings (from ``GPU_BENCH_*``) and its rows, timed alternately."""
+
+    def __init__(self, gpu: bool, tdev: str):
+        self.tiny = os.environ.get("GPU_BENCH_TINY", "0") not in ("", "0") or not gpu
+        self.arch = os.environ.get("GPU_BENCH_ARCH", "resnet50")
+        self.batch = int(os.environ.get("GPU_BENCH_BATCH", 2 if self.tiny else 256))
+        self.size = int(os.environ.get("GPU_BENCH_SIZE", 64 if self.tiny else 224))
+        self.steps_per_block = 2 if self.tiny else 10
+        self.blocks = 2 if self.tiny else 5
+        self.tdev = tdev
+        self.rows, self.makers_by_row = [], {}
+
+    def _ready(self, name, makers) -> tuple[dict, dict]:
         runs, first = {}, {}
         for fw, make in makers.items():
             try:
@@ -161,47 +175,64 @@ def main(argv=None) -> int:
             except Exception as e:
                 log(f"{name} {fw} FAILED: {type(e).__name__}: {e}")
                 traceback.print_exc()
+        return runs, first
+
+    def timed(self, name, makers, n_images):
+        """makers: {framework: () -> (step, ...)} where ``step.sync()`` (if any) waits for
+        the dispatched steps; alternate blocks of steps."""
+        runs, first = self._ready(name, makers)
         times = {fw: [] for fw in runs}
-        for _ in range(blocks):
+        for _ in range(self.blocks):
             for fw, (step, sync) in runs.items():
                 t0 = time.perf_counter()
-                for _ in range(steps_per_block):
+                for _ in range(self.steps_per_block):
                     step()
                 sync()
-                times[fw].append((time.perf_counter() - t0) / steps_per_block)
+                times[fw].append((time.perf_counter() - t0) / self.steps_per_block)
         res = {fw: n_images / statistics.median(t) for fw, t in times.items()}
         spread = {fw: (min(t), max(t)) for fw, t in times.items()}
         ratio = res["jax"] / res["torch"] if "jax" in res and "torch" in res else None
-        rows.append({"row": name, "jax": res.get("jax"), "torch": res.get("torch"), "ratio": ratio,
-                     "jax_first_s": first.get("jax"), "torch_first_s": first.get("torch"),
-                     "step_s_min_max": spread})
-        makers_by_row[name] = runs
+        self.rows.append({"row": name, "jax": res.get("jax"), "torch": res.get("torch"),
+                          "ratio": ratio, "jax_first_s": first.get("jax"),
+                          "torch_first_s": first.get("torch"), "step_s_min_max": spread})
+        self.makers_by_row[name] = runs
         log(f"{name}: " + ", ".join(f"{k} {v:.1f} img/s" for k, v in res.items())
             + (f", ratio {ratio:.2f}x" if ratio else ""))
 
-    bf16 = "bfloat16"
+
+def _step_rows(run: _Run, torch) -> str:
+    """The bf16 train and inference rows; returns the train row's name."""
+    from benchmarks import steps
+
+    arch, batch, size, bf16 = run.arch, run.batch, run.size, "bfloat16"
     train_row = f"{arch} train bf16"
     makers = {"jax": lambda: steps.jax_train_step(arch, batch, size, dtype=bf16, block=False)}
     if torch is not None:
         makers["torch"] = lambda: steps.torch_train_step(arch, batch, size, channels_last=True,
-                                                         device=tdev, amp=True, block=False)
-    timed(train_row, makers, batch)
+                                                         device=run.tdev, amp=True, block=False)
+    run.timed(train_row, makers, batch)
     makers = {"jax": lambda: steps.jax_infer(arch, batch, size, dtype=bf16, block=False)}
     if torch is not None:
         makers["torch"] = lambda: steps.torch_infer(arch, batch, size, channels_last=True,
-                                                    device=tdev, amp=True, block=False)
-    timed(f"{arch} inference bf16", makers, batch)
+                                                    device=run.tdev, amp=True, block=False)
+    run.timed(f"{arch} inference bf16", makers, batch)
+    return train_row
 
-    cam_batch = min(batch, 2 if tiny else 64)
+
+def _gradcam_row(run: _Run, torch):
+    """Grad-CAM against pytorch-grad-cam on the same (ported) weights when it is installed."""
+    import jax
+    import numpy as np
+
+    from resnet_jax import create_model, init_variables
+    from resnet_jax.explain import gradcam
+
+    arch, size, tdev = run.arch, run.size, run.tdev
+    cam_batch = min(run.batch, 2 if run.tiny else 64)
     try:
-        import numpy as np
-
-        from resnet_jax import create_model, init_variables
-        from resnet_jax.explain import gradcam
-
         x = np.random.default_rng(0).standard_normal((cam_batch, size, size, 3), dtype=np.float32)
         makers, cam_peer = {}, None
-        try:  # the peer, pytorch-grad-cam, on the same (ported) weights when it is installed
+        try:
             import torchvision
             from pytorch_grad_cam import GradCAM
 
@@ -225,22 +256,21 @@ def main(argv=None) -> int:
             diff = float(np.abs(gradcam(model, variables, x, layer="layer4")
                                 - cam_peer(xt, targets=None)).max())
             log(f"Grad-CAM maps: largest difference from pytorch-grad-cam {diff:.2e}")
-        timed(f"{arch} Grad-CAM fp32 (batch {cam_batch})", makers, cam_batch)
+        run.timed(f"{arch} Grad-CAM fp32 (batch {cam_batch})", makers, cam_batch)
     except Exception as e:
         log(f"Grad-CAM FAILED: {type(e).__name__}: {e}")
         traceback.print_exc()
 
-    profiles = {}
-    if os.environ.get("GPU_BENCH_PROFILE", "1") != "0":
-        profiles = profile_train(makers_by_row.get(train_row, {}), out_dir, torch, tdev)
 
+def _report(run: _Run, devices, vers, profiles, out_dir):
     dev = str(getattr(devices[0], "device_kind", devices[0]))
     total = time.perf_counter() - T_START
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "gpu_results.json").write_text(json.dumps(
-            {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": dev, "torch_device": tdev, "batch": batch, "size": size, "tiny": tiny,
-             "versions": vers, "rows": rows, "profiles": profiles, "total_s": total},
+            {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": dev,
+             "torch_device": run.tdev, "batch": run.batch, "size": run.size, "tiny": run.tiny,
+             "versions": vers, "rows": run.rows, "profiles": profiles, "total_s": total},
             indent=1, default=str))
     print()
     for fw, top in profiles.items():
@@ -248,10 +278,9 @@ def main(argv=None) -> int:
         for name, ms, n in top[:14]:
             print(f"  {ms:8.2f} {n:4d}  {name[:110]}")
     print()
-    print(f"device: {dev}; torch device: {tdev}; batch {batch}, {size}x{size}"
-          f"{' (TINY)' if tiny else ''}; total {total:.0f} s")
-    print("\n".join(table(rows)))
-    return 0
+    print(f"device: {dev}; torch device: {run.tdev}; batch {run.batch}, {run.size}x{run.size}"
+          f"{' (TINY)' if run.tiny else ''}; total {total:.0f} s")
+    print("\n".join(table(run.rows)))
 
 
 def _f(v, nd=1):

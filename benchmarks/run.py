@@ -159,6 +159,14 @@ def render(info: dict, res: dict, args) -> str:
          "inference programs are also compiled with "
          "`resnet_jax.xla_cpu.inference_compiler_options()` "
          "(no YNNPACK fusions)", ""]
+    for section in (_models_section, _matmul_section, _xla_flags_section, _memory_section,
+                    _pipeline_section, _compile_section):
+        L += section(res, args)
+    return "\n".join(L)
+
+
+def _models_section(res: dict, args) -> list[str]:
+    L: list[str] = []
     models = [r for k, r in res.items() if k.startswith(("train", "infer"))]
     if models:
         L += ["## Train and inference steps", "",
@@ -178,6 +186,11 @@ def render(info: dict, res: dict, args) -> str:
             L += ["torch.compile's first call (compilation; inductor's own on-disk cache may "
                   "already hold earlier runs' kernels): " + ", ".join(firsts) + ". "
                   "\"first compile s\" is resnet-jax's `jit(...).lower().compile()` of the step.", ""]
+    return L
+
+
+def _matmul_section(res: dict, args) -> list[str]:
+    L: list[str] = []
     if "matmul" in res:
         r = res["matmul"]
         if "error" in r:
@@ -187,6 +200,11 @@ def render(info: dict, res: dict, args) -> str:
                   f"float32 {r['n']}x{r['n']} @ {r['n']}x{r['n']}: jax {f(r['jax_gflops'])} GFLOP/s, "
                   f"torch {f(r['torch_gflops'])} GFLOP/s (load {r['_load']:.1f}). The train and "
                   "inference rows' GFLOP/s read against this.", ""]
+    return L
+
+
+def _xla_flags_section(res: dict, args) -> list[str]:
+    L: list[str] = []
     if "xla_flags" in res:
         r, base = res["xla_flags"], res.get("train_resnet18")
         L += ["## XLA flags: before and after", ""]
@@ -201,6 +219,11 @@ def render(info: dict, res: dict, args) -> str:
                 L.append(f"| resnet_jax's flags | {f(base['jax_img_s'], 2)} | {f(base['torch_img_s'], 2)} | "
                          f"{f(base['ratio'], 2)}x | {base['_load']:.1f} |")
             L.append("")
+    return L
+
+
+def _memory_section(res: dict, args) -> list[str]:
+    L: list[str] = []
     if "memory_jax" in res or "memory_torch" in res:
         L += ["## Peak memory (RSS)", "",
               f"A process that builds the {args.arch_mem} train step (batch {args.batch}, "
@@ -210,6 +233,11 @@ def render(info: dict, res: dict, args) -> str:
             r = res.get(k, {})
             L.append(f"| {k[7:]} | {r.get('error') or f(r.get('peak_rss_mib'), 0)} |")
         L.append("")
+    return L
+
+
+def _pipeline_section(res: dict, args) -> list[str]:
+    L: list[str] = []
     if "pipeline" in res:
         p, d, tr = res["pipeline"], res.get("digits_step", {}), res.get("train_resnet18", {})
         L += ["## Input pipeline vs the train step", "",
@@ -233,6 +261,11 @@ def render(info: dict, res: dict, args) -> str:
                          f"**{f(jp['img_s'] / tr['jax_img_s'], 1)}x** | {p['_load']:.1f} |")
             L += ["", "The pipeline and the step share the CPU while training; these are measured "
                   "apart.", ""]
+    return L
+
+
+def _compile_section(res: dict, args) -> list[str]:
+    L: list[str] = []
     if "compile_step" in res or "compile_cache0" in res:
         L += ["## Compilation and the persistent cache", "",
               "Each figure from a fresh process; the second process finds the first's "
@@ -255,8 +288,7 @@ def render(info: dict, res: dict, args) -> str:
                          f"(whole runs: {f(c['first_total_s'])} s and {f(c['second_total_s'])} s; "
                          f"load {c['_load']:.1f})")
         L.append("")
-    return "\n".join(L)
-
+    return L
 
 def write(path: Path, text: str):
     """Replace everything but the sections other scripts own (Explain, GPU)."""
