@@ -154,6 +154,21 @@ def test_faithfulness_prefers_gradcam_to_its_inverse(patch_model):
     assert drop.shape == (len(x),) and np.all((drop >= 0) & (drop <= 1))
 
 
+def test_the_relu_variant_is_part_of_the_compiled_program(rng):
+    """Saliency of ``model.clone(act=guided_relu)`` is guided backpropagation, and the
+    plain model's saliency, compiled first, is not reused for it (no stale trace)."""
+    from resnet_jax.explain.relu import guided_relu
+
+    model = resnet_jax.create_model("my_resnet", stem="small", stage_widths=(8, 16))
+    variables = resnet_jax.init_variables(model, 0, 16)
+    x = rng.standard_normal((2, 16, 16, 3)).astype(np.float32)
+    plain = gradcam(model, variables, x, targets=1, method="saliency")
+    guided = gradcam(model.clone(act=guided_relu), variables, x, targets=1, method="saliency")
+    np.testing.assert_allclose(
+        guided, gradcam(model, variables, x, targets=1, method="guided_backprop"), atol=1e-6)
+    assert np.abs(guided - plain).max() > 0.1
+
+
 def test_explanation_reports_targets_and_scores(patch_model):
     model, variables = patch_model
     x, _, _ = testing.patch_task(4, size=24, patch=6, seed=3)

@@ -23,9 +23,8 @@ from resnet_jax.explain import (
 from resnet_jax.explain import (
     transforms as T,
 )
-from resnet_jax.explain.relu import redirected_relu, relu_variant
-from resnet_jax.explain.taps import apply_with_taps
-from resnet_jax.models.autodiff import relu as model_relu
+from resnet_jax.explain.relu import redirected_relu
+from resnet_jax.models.registry import tapped_outputs
 
 INK = 0.05  # a pixel "has ink" above this value (images in [0, 1])
 L1 = 0.2
@@ -46,7 +45,7 @@ def units(digits_model):
     9 neurons of the dense layer that respond to some digit (training can leave a unit dead
     for every input), and the 10 class logits."""
     model, variables, x_test = digits_model
-    _, acts = apply_with_taps(model, variables, jnp.asarray(x_test))
+    _, acts = tapped_outputs(model, variables, jnp.asarray(x_test))
 
     def alive(layer, n):
         a = np.asarray(acts[layer])
@@ -77,7 +76,7 @@ def test_each_optimized_input_beats_every_real_image(digits_model, units, optimi
     model, variables, x_test = digits_model
     images, _ = optimized
     assert images.shape == (45, 28, 28, 1) and images.min() >= 0 and images.max() <= 1
-    _, acts = apply_with_taps(model, variables, jnp.asarray(x_test))
+    _, acts = tapped_outputs(model, variables, jnp.asarray(x_test))
     start = 0
     for layer, (make, idx) in units.items():
         for k in idx:
@@ -186,12 +185,27 @@ def test_redirected_relu_passes_gradient_to_dead_units():
     assert np.all(np.asarray(plain[0]) == 0)  # a dead example: no signal
     assert np.all(np.asarray(redirected[0]) < 0)  # redirected: pushed upwards
     assert np.allclose(redirected[1], plain[1])  # live examples keep the true gradient
-    # the models' ReLU follows the variant only inside the block
-    with relu_variant(redirected_relu):
-        inside = jax.grad(loss)(x, model_relu)
-    outside = jax.grad(loss)(x, model_relu)
-    np.testing.assert_array_equal(inside, redirected)
-    np.testing.assert_array_equal(outside, plain)
+
+
+def test_a_models_act_field_carries_the_redirected_relu():
+    """With every hidden unit switched off for every input, no gradient reaches the image
+    through the plain model; ``model.clone(act=redirected_relu)`` passes one, and keeps
+    it with the CPU-fast ops swapped in (``ops.cpu_fast``), as the maximiser traces it."""
+    from resnet_jax import ops
+
+    model = resnet_jax.create_model("digit_cnn")
+    variables = resnet_jax.init_variables(model, 0)
+    hidden = variables["params"]["hidden"]
+    variables["params"]["hidden"] = {**hidden, "bias": hidden["bias"] - 1e4}
+    x = jax.random.uniform(jax.random.key(4), (2, 28, 28, 1))
+
+    def grad(m):
+        return np.asarray(jax.grad(lambda x: m.apply(variables, x, train=False)[:, 3].sum())(x))
+
+    redirected = grad(model.clone(act=redirected_relu))
+    assert np.all(grad(model) == 0) and np.all(np.abs(redirected).reshape(2, -1).max(1) > 0)
+    np.testing.assert_allclose(grad(ops.cpu_fast(model.clone(act=redirected_relu))),
+                               redirected, rtol=1e-5, atol=1e-6)
 
 
 def test_optimization_loop_is_one_compiled_scan(digits_model):

@@ -18,9 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import xla_cpu
+from .. import ops, xla_cpu
 from ..errors import ResNetJaxError
-from ..models.autodiff import fast_gradients
 from .images import batch_ready, prepare_images
 from .maps import as_batch_maps
 from .methods import get_method
@@ -52,12 +51,10 @@ def compiled(model, method_name: str, layer: str | None, options: tuple = ()):
     """The jitted program ``(variables, x, targets (B, T), key) -> (logits, targets, maps)``."""
     method = get_method(method_name)
     opts = dict(options)
+    fast = ops.cpu_fast(model)  # gradient rules XLA:CPU compiles well (same values)
 
     def run(variables, x, targets, key):
-        with fast_gradients():  # strided convolutions' and max-pool's input gradients
-            logits, t, maps = method.compute(model, variables, x, targets, layer=layer,
-                                             key=key, **opts)
-        return logits, t, maps
+        return method.compute(fast, variables, x, targets, layer=layer, key=key, **opts)
 
     return xla_cpu.inference_jit(run)
 

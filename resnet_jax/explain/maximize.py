@@ -6,33 +6,35 @@
 
 The whole optimisation - parameterisation -> image -> random transforms -> normalisation
 -> model -> objective, its gradient, the optax update and the projection - is one
-``lax.scan`` inside one ``jax.jit``: no Python runs per step. The model's convolution
-gradients are traced in the layout XLA:CPU compiles fastest inside loops
-(``resnet_jax.models.loop_friendly_gradients``). A batch of units (one per
-image) is optimised together, each image receiving the gradient of its own objective.
+``lax.scan`` inside one ``jax.jit``: no Python runs per step. The model is traced with
+the CPU-fast ops (``resnet_jax.ops.cpu_fast``), whose gradients XLA:CPU compiles well
+inside a loop. A batch of units (one per image) is optimised together, each image
+receiving the gradient of its own objective.
 
 Dead ReLUs: for the first ``redirect_relu_steps`` steps every ReLU uses Lucid's
-redirected gradient (``relu.redirected_relu``), so units that start switched off still
-receive a signal; the remaining steps use the true gradient.
+redirected gradient (``model.clone(act=relu.redirected_relu)``), so units that start
+switched off still receive a signal; the remaining steps use the true gradient.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .. import imagenet, xla_cpu
+from .. import imagenet, ops, xla_cpu
 from ..errors import ResNetJaxError
-from ..models.autodiff import loop_friendly_gradients
+from ..models.registry import tapped_outputs
 from .images import expected_hw
 from .objectives import Objective
 from .param import Param, get_param
-from .relu import redirected_relu, relu_variant
-from .taps import apply_with_taps, layer_shapes, model_variables
+from .relu import redirected_relu
+from .taps import layer_shapes, model_variables
 from .transforms import compose, standard_transforms
 
 
@@ -108,6 +110,73 @@ def _normalization(model, normalize, preprocess):
     return tuple(preprocess.mean), tuple(preprocess.std)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Problem:
+    """What one run optimises: ``param``'s images of ``shape`` (B, H, W, C), seen by the
+    model through the random ``transforms`` and the normalisation ``norm`` (or none)."""
+
+    objective: Objective
+    param: Param
+    shape: tuple[int, int, int, int]
+    transforms: Callable
+    norm: tuple | None
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return self.shape[1:3]
+
+    def loss(self, model, params, variables, key):
+        """(-sum of the objective, the objective per image) of the images ``params`` make."""
+        img = self.param.image(params, self.hw)
+        x = self.transforms(key, img)
+        if self.norm is not None:
+            x = (x - jnp.asarray(self.norm[0], x.dtype)) / jnp.asarray(self.norm[1], x.dtype)
+        _, acts = tapped_outputs(model, variables, x)
+        values = self.objective(acts, img)
+        return -jnp.sum(values), values
+
+
+def _problem(model, objective, batch, image_size, param, transforms, normalize,
+             preprocess) -> _Problem:
+    if not isinstance(objective, Objective):
+        raise ResNetJaxError(f"objective must be an Objective, got {type(objective).__name__}")
+    if objective.batch is not None and batch is not None and batch != objective.batch:
+        raise ResNetJaxError(f"the objective covers {objective.batch} images, batch={batch}")
+    hw = _image_hw(model, image_size, preprocess)
+    c = int(getattr(model, "in_channels", 3))
+    shape = (batch or objective.batch or 1, hw[0], hw[1], c)
+    p = get_param(param if param is not None else ("fourier" if c == 3 else "box"))
+    rgb_imagenet = default_normalization(model) is not None
+    return _Problem(objective, p, shape, _transforms(model, transforms, hw, shape, rgb_imagenet),
+                    _normalization(model, normalize, preprocess))
+
+
+def _segment(model, problem: _Problem, opt: optax.GradientTransformation):
+    """``segment(carry, variables, key, first, n, redirected, unroll)``: steps ``first`` ..
+    ``first + n - 1`` as one ``lax.scan`` -> (carry, objective per step (n, B)).
+
+    The model is traced with the CPU-fast ops (``ops.cpu_fast``: XLA:CPU compiles JAX's
+    own convolution gradients inside a loop body as naive loops) and, while
+    ``redirected``, with Lucid's redirected ReLU gradient."""
+    models = {False: ops.cpu_fast(model),
+              True: ops.cpu_fast(model.clone(act=redirected_relu))}
+
+    def segment(carry, variables, key, first: int, n: int, redirected: bool, unroll=1):
+        loss = functools.partial(problem.loss, models[redirected])
+        variables = model_variables(variables)
+
+        def step(carry, i):
+            params, opt_state = carry
+            g, values = jax.grad(loss, has_aux=True)(params, variables, jax.random.fold_in(key, i))
+            updates, opt_state = opt.update(g, opt_state, params)
+            params = problem.param.project(optax.apply_updates(params, updates))
+            return (params, opt_state), values
+
+        return jax.lax.scan(step, carry, first + jnp.arange(n), unroll=unroll)
+
+    return segment
+
+
 def make_maximizer(model, objective: Objective, steps: int = 256, *, batch: int | None = None,
                    image_size=None, param: str | Param | None = None,
                    transforms: str | Sequence | None = "auto", lr: float = 0.05,
@@ -123,81 +192,49 @@ def make_maximizer(model, objective: Objective, steps: int = 256, *, batch: int 
     data's "no ink", whatever the model's normalisation.
     Call it again (new key, new variables of the same shapes) without recompiling.
 
-    By default all steps are one ``lax.scan`` in one program. The model is traced with
-    ``resnet_jax.models.loop_friendly_gradients()``: XLA:CPU compiles JAX's own
-    convolution gradients inside a loop body as naive loops (measured here: resnet50
-    steps ran 4-5x slower inside the scan than outside it). With ``chunk=k`` the program
-    runs k steps unrolled and is called ceil(steps / k) times instead (the state stays on
-    the device; same results), at the price of a longer compilation.
+    By default all steps are one ``lax.scan`` in one program, the model traced with the
+    CPU-fast ops (``resnet_jax.ops.cpu_fast``), whose gradients XLA:CPU compiles well
+    inside a loop. With ``chunk=k`` the program runs k steps unrolled and is called
+    ceil(steps / k) times instead (the state stays on the device; same results), at the
+    price of a longer compilation.
     """
-    if not isinstance(objective, Objective):
-        raise ResNetJaxError(f"objective must be an Objective, got {type(objective).__name__}")
-    hw = _image_hw(model, image_size, preprocess)
-    b = batch or objective.batch or 1
-    if objective.batch is not None and batch is not None and batch != objective.batch:
-        raise ResNetJaxError(f"the objective covers {objective.batch} images, batch={batch}")
-    c = int(getattr(model, "in_channels", 3))
-    rgb_imagenet = default_normalization(model) is not None
-    p = get_param(param if param is not None else ("fourier" if c == 3 else "box"))
-    shape = (b, hw[0], hw[1], c)
-    tf = _transforms(model, transforms, hw, shape, rgb_imagenet)
-    norm = _normalization(model, normalize, preprocess)
+    problem = _problem(model, objective, batch, image_size, param, transforms, normalize,
+                       preprocess)
     opt = optimizer or optax.adam(lr)
     steps = int(steps)
     redirect = max(0, min(int(redirect_relu_steps), steps))
-
-    def loss(params, variables, key):
-        img = p.image(params, hw)
-        x = tf(key, img)
-        if norm is not None:
-            x = (x - jnp.asarray(norm[0], x.dtype)) / jnp.asarray(norm[1], x.dtype)
-        _, acts = apply_with_taps(model, variables, x)
-        values = objective(acts, img)
-        return -jnp.sum(values), values
-
-    def make_step(variables, key):
-        # A new function object per scan, so the redirected and the true gradient are
-        # traced separately.
-        def step(carry, i):
-            params, opt_state = carry
-            g, values = jax.grad(loss, has_aux=True)(params, variables, jax.random.fold_in(key, i))
-            updates, opt_state = opt.update(g, opt_state, params)
-            params = p.project(optax.apply_updates(params, updates))
-            return (params, opt_state), values
-
-        return step
+    phases = [ph for ph in [(0, redirect, True), (redirect, steps - redirect, False)]
+              if ph[1] > 0]
+    segment = _segment(model, problem, opt)
 
     def start(variables, key):
         k_init, k_steps = jax.random.split(key)
-        params = p.init(k_init, shape)
+        params = problem.param.init(k_init, problem.shape)
         return (params, opt.init(params)), k_steps
 
-    def segment(carry, variables, k_steps, first: int, n: int, redirected: bool, unroll=1):
-        """Steps first .. first + n - 1 as one scan."""
-        variables = model_variables(variables)
-        idx = first + jnp.arange(n)
-        with loop_friendly_gradients(), relu_variant(redirected_relu if redirected else None):
-            return jax.lax.scan(make_step(variables, k_steps), carry, idx, unroll=unroll)
+    if chunk:
+        return _chunked(problem, start, segment, phases, int(chunk))
 
-    phases = [(0, redirect, True), (redirect, steps - redirect, False)]
-    phases = [ph for ph in phases if ph[1] > 0]
+    def run(variables, key):
+        carry, k_steps = start(variables, key)
+        history = []
+        for first, n, redirected in phases:
+            carry, h = segment(carry, variables, k_steps, first, n, redirected)
+            history.append(h)
+        return problem.param.image(carry[0], problem.hw), _concat(history, problem)
 
-    if not chunk:
-        def run(variables, key):
-            carry, k_steps = start(variables, key)
-            history = []
-            for first, n, redirected in phases:
-                carry, h = segment(carry, variables, k_steps, first, n, redirected)
-                history.append(h)
-            values = jnp.concatenate(history) if history else jnp.zeros((0, b))
-            return p.image(carry[0], hw), values
+    return xla_cpu.inference_jit(run)
 
-        return xla_cpu.inference_jit(run)
 
-    # Chunked: each call runs ``chunk`` steps unrolled (no XLA while loop inside), the
-    # carry stays on the device between calls.
+def _concat(history, problem: _Problem):
+    return jnp.concatenate(history) if history else jnp.zeros((0, problem.shape[0]))
+
+
+def _chunked(problem: _Problem, start, segment, phases, chunk: int):
+    """``run`` as programs of ``chunk`` unrolled steps (no XLA while loop inside), called
+    in turn; the carry stays on the device between calls."""
     start_jit = jax.jit(start)
-    finish_jit = jax.jit(lambda carry: p.image(carry[0], hw))
+    finish_jit = jax.jit(lambda carry: problem.param.image(carry[0], problem.hw))
     programs = {}
 
     def program(n, redirected):
@@ -210,14 +247,11 @@ def make_maximizer(model, objective: Objective, steps: int = 256, *, batch: int 
         carry, k_steps = start_jit(variables, key)
         history = []
         for first, n, redirected in phases:
-            done = 0
-            while done < n:
+            for done in range(0, n, chunk):
                 m = min(chunk, n - done)
                 carry, h = program(m, redirected)(carry, variables, k_steps, first + done)
                 history.append(h)
-                done += m
-        values = jnp.concatenate(history) if history else jnp.zeros((0, b))
-        return finish_jit(carry), values
+        return finish_jit(carry), _concat(history, problem)
 
     return run_chunked
 
@@ -257,7 +291,7 @@ def evaluate(model, variables, objective: Objective, images, normalize="auto",
     x = jnp.asarray(images, jnp.float32)
     norm = _normalization(model, normalize, preprocess)
     xin = x if norm is None else (x - jnp.asarray(norm[0])) / jnp.asarray(norm[1])
-    _, acts = apply_with_taps(model, variables, xin)
+    _, acts = tapped_outputs(model, variables, xin)
     return np.asarray(objective(acts, x))
 
 
@@ -270,7 +304,7 @@ def dead_units(model, variables, objective: Objective, images, normalize="auto",
 
     def total(x):
         xin = x if norm is None else (x - jnp.asarray(norm[0])) / jnp.asarray(norm[1])
-        _, acts = apply_with_taps(model, v, xin)
+        _, acts = tapped_outputs(model, v, xin)
         values = objective(acts, x)
         return jnp.sum(values), values
 

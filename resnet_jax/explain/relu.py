@@ -1,8 +1,8 @@
-"""ReLUs with modified backward passes, for tracing a model with ``relu_variant(fn)``.
+"""ReLUs with modified backward passes, for a model's ``act`` field.
 
-The models' ReLUs call ``resnet_jax.models.autodiff.relu``, which uses ``fn`` while a
-``relu_variant(fn)`` block is active during tracing, so the compiled program carries the
-modified gradient while the model code stays unchanged:
+Every ReLU of a model is its ``act`` field, so ``model.clone(act=guided_relu)`` is the
+same network whose compiled program carries the modified gradient (the forward values
+are the ReLU's); the variant is part of the module, and so of every cache key:
 
 - ``guided_relu`` (Springenberg et al. 2015): the backward pass keeps only positive
   gradients at positive inputs, ``g * (x > 0) * (g > 0)``.
@@ -17,9 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ..models.autodiff import relu_variant
-
-__all__ = ["guided_relu", "redirected_relu", "relu_variant"]
+__all__ = ["guided_relu", "redirected_relu"]
 
 
 @jax.custom_vjp
