@@ -12,18 +12,18 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from ..ops import legacy  # TEMPORARY (issue 16 transition): the fields' defaults
 from .layers import BatchNorm, Tap, conv, torch_default_init
 
 Dtype = Any
 
 # The ops a model computes with, as fields (``conv``, ``pool``, ``act``): lax's and flax's
 # by default; ``resnet_jax.ops.cpu_fast(model)`` or ``model.clone(act=...)`` choose others.
-DEFAULT_CONV: Callable = legacy.conv
-DEFAULT_POOL: Callable = legacy.pool
-DEFAULT_ACT: Callable = legacy.act
+DEFAULT_CONV: Callable = jax.lax.conv_general_dilated
+DEFAULT_POOL: Callable = nn.max_pool
+DEFAULT_ACT: Callable = nn.relu
 
 
 class BasicBlock(nn.Module):

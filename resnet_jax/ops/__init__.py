@@ -18,18 +18,12 @@ import flax.linen as nn
 import jax
 from jax import lax
 
-from . import legacy
 from .conv import conv_general_dilated
-from .legacy import fast_gradients, loop_friendly_gradients, relu_variant
 from .pool import max_pool
 from .relu import relu
 
-# The plain ops a model's fields hold by default (and the transition's dispatchers).
-_PLAIN = {
-    "conv": (lax.conv_general_dilated, legacy.conv),
-    "pool": (nn.max_pool, legacy.pool),
-    "act": (nn.relu, legacy.act),
-}
+# The plain ops a model's fields hold by default.
+_PLAIN = {"conv": lax.conv_general_dilated, "pool": nn.max_pool, "act": nn.relu}
 _FAST = {"conv": conv_general_dilated, "pool": max_pool, "act": relu}
 
 
@@ -44,9 +38,8 @@ def cpu_fast(model: nn.Module) -> nn.Module:
         return model
     fields = {f.name for f in dataclasses.fields(model)}
     changes = {name: fast for name, fast in _FAST.items()
-               if name in fields and getattr(model, name) in _PLAIN[name]}
+               if name in fields and getattr(model, name) is _PLAIN[name]}
     return model.clone(**changes) if changes else model
 
 
-__all__ = ["conv_general_dilated", "cpu_fast", "fast_gradients", "loop_friendly_gradients",
-           "max_pool", "relu", "relu_variant"]
+__all__ = ["conv_general_dilated", "cpu_fast", "max_pool", "relu"]
