@@ -141,10 +141,10 @@ def _resume(cfg: TrainConfig, given: TrainConfig, run_dir: Path, ckpts: RunCheck
         try:
             info = ckpts.read_train_info(step)
             _check_resume_matches(cfg, given, read_config(run_dir / str(step)), where, data)
-            loaded = load_step(run_dir / str(step))
-            _check_optimizer_matches(cfg, info, loaded.variables["params"], data.steps_per_epoch, where)
-            abstract_opt = abstract(jax.eval_shape(tx.init, loaded.variables["params"]))
-            opt_state = ckpts.restore_opt_state(step, abstract_opt, info)
+            loaded = load_step(run_dir / str(step))  # restored into the model's abstract variables
+            params = abstract(loaded.variables["params"])
+            _check_optimizer_matches(cfg, info, params, data.steps_per_epoch, where)
+            opt_state = ckpts.restore_opt_state(step, jax.eval_shape(tx.init, params), info)
         except CheckpointError as e:
             damaged.append((step, str(e)))
             continue
