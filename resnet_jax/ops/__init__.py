@@ -5,9 +5,12 @@ way XLA:CPU compiles well. Opt-in, as module fields:
     >>> fast = ops.cpu_fast(model)  # on the CPU: the ops below; elsewhere: model
     >>> fast.apply(variables, images, train=True, mutable=["batch_stats"])
 
-``conv_general_dilated`` (``ops.conv``), ``max_pool`` (``ops.pool``) and ``relu``
-(``ops.relu``) are ``jax.custom_vjp`` functions: reverse mode only. On a GPU or TPU the
-backend's own gradient kernels are the fast ones, so ``cpu_fast`` leaves the model as is.
+``conv_general_dilated`` (ops/conv.py), ``max_pool`` (ops/pool.py) and ``relu``
+(ops/relu.py) take the arguments of ``jax.lax.conv_general_dilated``,
+``flax.linen.max_pool`` and ``flax.linen.relu`` and give their values; their gradients
+are ``jax.custom_vjp`` rules (reverse mode only). Some of those rules rely on the barrier
+of ops/barrier.py. On a GPU or TPU the backend's own gradient kernels are the fast ones,
+so ``cpu_fast`` leaves the model as it is there.
 """
 
 from __future__ import annotations
