@@ -6,7 +6,7 @@ from . import checks
 from . import setups as S
 from .core import Case
 
-EVAL = "H2 resnet_jax/train/evaluate.py"
+EVAL = "H2 resnet_jax/train/evaluation.py"
 CKPT = "H2 resnet_jax/checkpoint.py"
 PREDICT = "H3 resnet_jax/commands.py (run_predict)"
 EXPLAIN = "H3 resnet_jax/explain/cli.py"
