@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import randomize_batchnorm, torchvision_model
+from conftest import arch_params, randomize_batchnorm, torchvision_model
 
 import resnet_jax
 from resnet_jax.models import TORCHVISION_ARCHS
@@ -20,7 +20,7 @@ def _assert_identical(a: dict, b: dict):
         assert torch.equal(a[k], b[k]), k
 
 
-@pytest.mark.parametrize("arch", TORCHVISION_ARCHS)
+@pytest.mark.parametrize("arch", arch_params(TORCHVISION_ARCHS))
 def test_round_trip_is_bit_exact_and_loads_strictly(arch):
     tv = torchvision_model(arch, seed=5)
     original = tv.state_dict()
