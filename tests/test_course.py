@@ -17,7 +17,8 @@ NOTEBOOKS = [p.stem for p in course_mod.notebooks()]
 
 @pytest.fixture(scope="module")
 def course_run(tmp_path_factory):
-    """``resnet-jax course --fast`` once for the module: (exit status, output folder)."""
+    """``resnet-jax course --fast`` once for the module: (exit status, output folder).
+    The whole course is a long journey: the tests that read it run with make test-slow."""
     out = tmp_path_factory.mktemp("course")
     return cli.main(["course", "--fast", "--out", str(out)]), out
 
@@ -51,6 +52,7 @@ def test_jupyter_opens_each_notebook_with_its_markdown_and_code_cells():
         assert body.strip() == text.split("# ---\n", 2)[-1].strip(), p
 
 
+@pytest.mark.slow
 def test_every_notebook_runs_and_writes_its_figures(course_run):
     rc, out = course_run
     assert rc == 0, [(n, (out / n / "log.txt").read_text()[-2000:]) for n in NOTEBOOKS
@@ -63,6 +65,7 @@ def test_every_notebook_runs_and_writes_its_figures(course_run):
             assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, (name, fig)
 
 
+@pytest.mark.slow
 def test_blocks_keep_or_halve_the_shape_and_add_the_shortcut(course_run):
     blocks = results(course_run, "01_blocks")["blocks"]
     assert blocks["BasicBlock, stride 2"]["output"] == [1, 28, 28, 128]
@@ -73,6 +76,7 @@ def test_blocks_keep_or_halve_the_shape_and_add_the_shortcut(course_run):
         assert b["max_abs_diff"] < 1e-5, name
 
 
+@pytest.mark.slow
 def test_shape_trace_equals_the_slides(course_run):
     r = results(course_run, "02_my_resnet")
     assert list(r["trace"].values()) == [112, 56, 56, 28, 128, 2]
@@ -80,6 +84,7 @@ def test_shape_trace_equals_the_slides(course_run):
     assert r["resnet18_repr_equals_torchvision"] is True  # torch is installed for the tests
 
 
+@pytest.mark.slow
 def test_hand_batchnorm_equals_the_layer(course_run):
     r = results(course_run, "03_batchnorm")
     for key in ("diff_train", "diff_eval", "diff_running_mean", "diff_running_var",
@@ -88,6 +93,7 @@ def test_hand_batchnorm_equals_the_layer(course_run):
     assert r["num_batches_tracked"] == r["steps"] == 3
 
 
+@pytest.mark.slow
 def test_pretrained_top5_or_random_weights_said_so(course_run):
     r = results(course_run, "04_pretrained")
     assert set(r["top5"]) == {"chelsea", "coffee", "astronaut", "rocket"}
@@ -96,6 +102,7 @@ def test_pretrained_top5_or_random_weights_said_so(course_run):
         assert "RANDOM WEIGHTS" in r["note"]
 
 
+@pytest.mark.slow
 def test_why_deep_table_has_matched_parameter_counts(course_run):
     r = results(course_run, "05_why_deep")
     assert r["seeds"] >= 3
@@ -108,6 +115,7 @@ def test_why_deep_table_has_matched_parameter_counts(course_run):
     assert r["conclusion"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["06_filters", "07_fc_neurons"])
 def test_optimised_inputs_activate_their_unit_more_than_any_training_digit(course_run, name):
     r = results(course_run, name)
@@ -119,6 +127,7 @@ def test_optimised_inputs_activate_their_unit_more_than_any_training_digit(cours
     assert all(r["optimised_beats_real"][i] for i in live), r["optimised_beats_real"]
 
 
+@pytest.mark.slow
 def test_class_images_are_their_class_and_the_l1_prior_halves_the_ink(course_run):
     r = results(course_run, "08_classes")
     assert r["min_p_plain"] > 0.9  # y_i maximised: each image is its class
@@ -126,6 +135,7 @@ def test_class_images_are_their_class_and_the_l1_prior_halves_the_ink(course_run
     assert r["min_p_halving"] > 0.9 and r["ink_ratio_halving"] <= 0.5
 
 
+@pytest.mark.slow
 def test_gradcam_localises_the_known_patch(course_run):
     r = results(course_run, "09_gradcam")
     assert r["accuracy"] > 0.95
