@@ -282,3 +282,21 @@ def test_tapped_outputs_in_forward_order_with_perturbations():
     np.testing.assert_allclose(np.asarray(bumped["hidden"]), np.asarray(outs["hidden"] + 1))
     with pytest.raises(ResNetJaxError, match="hidden"):
         tapped_outputs(model, variables, x, perturbations={"layer9": bump})
+
+
+def test_the_train_and_eval_steps_run_the_cpu_fast_ops_on_the_cpu():
+    """``state.apply_fn = model.apply``: both steps trace ``ops.cpu_fast(model)`` (on the
+    CPU: the custom-gradient ops; elsewhere: the model's own)."""
+    import optax
+
+    from resnet_jax.train.state import TrainState
+    from resnet_jax.train.step import make_eval_step, make_train_step
+
+    model, variables, _ = _digit_model_and_batch()
+    state = TrainState.create(model.apply, variables, optax.sgd(0.1))
+    batch = {"image": jnp.zeros((2, 28, 28, 1), jnp.uint8), "label": jnp.zeros((2,), jnp.int32),
+             "mask": jnp.ones((2,), jnp.float32)}
+    train = str(jax.make_jaxpr(make_train_step((0.5,), (0.5,), 10))(state, batch))
+    evaluate = str(jax.make_jaxpr(make_eval_step((0.5,), (0.5,), 10))(state, batch))
+    fast = jax.default_backend() == "cpu"
+    assert ("custom_vjp_call" in train) == fast and ("custom_vjp_call" in evaluate) == fast
