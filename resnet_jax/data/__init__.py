@@ -7,6 +7,7 @@
     >>> batch = next(it)                      # {'image': uint8 NHWC, 'label', 'mask'}
 """
 
+from .check import CheckReport, check_data
 from .datasets import (
     DATASETS,
     DatasetError,
@@ -26,7 +27,7 @@ from .pipeline import DataIterator, Loader
 from .transforms import eval_transform, random_resized_crop_box, train_transform
 
 __all__ = [
-    "DATASETS", "DataIterator", "DatasetError", "ImageSet", "Loader", "Preprocess", "digits",
+    "CheckReport", "DATASETS", "DataIterator", "DatasetError", "ImageSet", "Loader", "Preprocess", "check_data", "digits",
     "eval_transform", "faces", "image_folder", "load_splits", "mnist", "random_resized_crop_box",
     "read_idx", "read_image", "stratified_split", "synthetic", "train_transform",
 ]

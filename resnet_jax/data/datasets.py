@@ -20,7 +20,6 @@ import gzip
 import struct
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +74,7 @@ class ImageSet:
     images: np.ndarray | None = None
     paths: list[str] | None = None
     preprocess: Preprocess | None = None
-    skipped: int = 0  # unreadable files left out when the set was built
+    strict: bool = False  # a loader of these files stops at an unreadable one (else skips it)
 
     def __post_init__(self):
         self.labels = np.asarray(self.labels, np.int32)
@@ -191,8 +190,10 @@ def image_folder(root, channels: int = 3, strict: bool = False, workers: int = 4
                  class_names: Sequence[str] | None = None, name: str | None = None) -> ImageSet:
     """Images under ``root/<class>/``; classes are the sub-folders in sorted order.
 
-    Every file is decoded once here so that a damaged one is found before training: it
-    is skipped and counted with a warning, or, with ``strict``, reported as an error.
+    Listing reads no pixels: a damaged file is found when a batch reads it, then skipped
+    and counted by the loader, or with ``strict`` reported as an error
+    (``resnet_jax.data.pipeline``). ``check_data`` reads every file up front. ``workers``
+    is unused (kept for callers of the former eager check).
     """
     root = Path(root)
     if not root.is_dir():
@@ -222,37 +223,10 @@ def image_folder(root, channels: int = 3, strict: bool = False, workers: int = 4
             f"(accepted extensions: {', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder"
         )
 
-    def check(path):
-        try:
-            read_image(path, channels)
-            return None
-        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
-            return f"{path}: {type(e).__name__}: {e}"
-
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        problems = list(pool.map(check, paths))
-    bad = [p for p in problems if p is not None]
-    if bad:
-        if strict:
-            raise DatasetError(
-                f"{len(bad)} unreadable image(s) under {root} (--strict): " + "; ".join(bad[:5])
-                + (" ..." if len(bad) > 5 else "") + "; remove or replace them, or drop --strict to skip them"
-            )
-        warnings.warn(
-            f"skipped {len(bad)} unreadable image(s) under {root}: " + "; ".join(bad[:3])
-            + (" ..." if len(bad) > 3 else ""), stacklevel=2,
-        )
-        keep = [i for i, p in enumerate(problems) if p is None]
-        paths = [paths[i] for i in keep]
-        labels = [labels[i] for i in keep]
-        left = {class_names[i] for i in labels}
-        now_empty = [c for c in class_names if c not in left]
-        if now_empty:
-            raise DatasetError(f"class folder(s) {now_empty} under {root} hold no readable images")
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.25,))
     return ImageSet(
         name or root.name, list(class_names), np.array(labels, np.int32), channels, paths=paths,
-        preprocess=Preprocess(224, mean=mean, std=std), skipped=len(bad),
+        preprocess=Preprocess(224, mean=mean, std=std), strict=strict,
     )
 
 

@@ -28,6 +28,18 @@ class ImageError(ResNetJaxError):
 def read_image(path, channels: int) -> np.ndarray:
     """Decode an image file to uint8 HWC; grayscale, palette, RGBA, 16-bit and float
     images are converted to ``channels`` (1 or 3)."""
+    return read_image_reduced(path, channels, None)[0]
+
+
+def read_image_reduced(path, channels: int, need) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """``(image, scale, (width, height))``: the file decoded as ``read_image`` does, a JPEG
+    at the smallest DCT scale (1, 1/2, 1/4 or 1/8) whose size still covers ``need``.
+
+    ``need(width, height)`` is called with the file's full size (read from its header, no
+    pixels decoded) and returns the smallest ``(width, height)`` the decode may give, or
+    None for full size. ``scale`` is the decoded size over the full size (1.0 when not
+    reduced): a pixel coordinate ``x`` of the full image is ``x * scale`` in the result.
+    """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -39,6 +51,8 @@ def read_image(path, channels: int) -> np.ndarray:
             # PIL warns between MAX_IMAGE_PIXELS and twice that; refuse both alike.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
+                full = im.size
+                scale = _draft(im, need(*full) if need is not None else None)
                 im.load()
                 im = _convert(im, channels)
                 arr = np.asarray(im, np.uint8)
@@ -52,7 +66,17 @@ def read_image(path, channels: int) -> np.ndarray:
             f"cannot read image {path}: it is truncated or not an image file "
             f"(expected a {IMAGE_FORMATS}; {type(e).__name__}: {e})"
         ) from None
-    return arr[..., None] if arr.ndim == 2 else arr
+    return (arr[..., None] if arr.ndim == 2 else arr), scale, full
+
+
+def _draft(im, size) -> float:
+    """Ask a JPEG decoder for its smallest DCT scale giving at least ``size``; the scale."""
+    if size is None or im.format != "JPEG":
+        return 1.0
+    size = (max(1, int(size[0])), max(1, int(size[1])))
+    width = im.size[0]
+    got = im.draft(None, size)  # (mode, (0, 0, width / s, height / s)) for DCT scale 1/s
+    return 1.0 if got is None else got[1][2] / width
 
 
 def _convert(im, channels: int):
@@ -71,4 +95,4 @@ def _convert(im, channels: int):
     return im.convert("L" if channels == 1 else "RGB")
 
 
-__all__ = ["IMAGE_FORMATS", "ImageError", "read_image"]
+__all__ = ["IMAGE_FORMATS", "ImageError", "read_image", "read_image_reduced"]

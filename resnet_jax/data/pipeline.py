@@ -10,6 +10,14 @@ batches that the original would have yielded next.
 Each host reads its own slice of every global batch (``shard_index`` of ``shard_count``);
 worker threads build batches ahead of the training step (PIL releases the GIL while it
 resamples, and file decoding is mostly I/O).
+
+Image files are read only when a batch needs them. A training image that cannot be read
+is skipped: its place in the batch goes to the next readable image of the epoch's order
+(wrapping around), cropped and flipped with the skipped image's own random draws, so the
+batches of a seed are the same on every run, host count and resume, whichever files fail
+(unreadable is a property of the file, not of timing). An unreadable evaluation image is
+left out: its row gets ``mask == 0``. Each one is recorded in ``Loader.unreadable``
+(path -> reason); with ``strict`` the first one stops the run with an error naming it.
 """
 
 from __future__ import annotations
@@ -20,7 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .datasets import DatasetError, ImageSet, Preprocess
-from .transforms import eval_transform, train_transform
+from .images import ImageError
+from .transforms import eval_transform, eval_transform_file, train_transform, train_transform_file
 
 
 class Loader:
@@ -33,7 +42,7 @@ class Loader:
 
     def __init__(self, data: ImageSet, global_batch: int, *, train: bool, seed: int = 0,
                  preprocess: Preprocess | None = None, shard_index: int = 0, shard_count: int = 1,
-                 workers: int = 2, prefetch: int = 4):
+                 workers: int = 2, prefetch: int = 4, strict: bool | None = None):
         if len(data) == 0:
             raise DatasetError(f"data set {data.name!r} is empty")
         if global_batch <= 0:
@@ -61,6 +70,9 @@ class Loader:
         self.workers = max(1, int(workers))
         self.prefetch = max(1, int(prefetch))
         self._orders: dict[int, np.ndarray] = {}
+        self._places: dict[int, np.ndarray] = {}  # epoch -> position of each index in its order
+        self.strict = bool(data.strict if strict is None else strict)
+        self.unreadable: dict[str, str] = {}  # path -> reason, in the order they were met
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -86,21 +98,61 @@ class Loader:
         """Build one batch (called from worker threads)."""
         pre = self.preprocess
         idx = self.indices(epoch, batch)
-        c = self.data.channels
-        images = np.zeros((len(idx), pre.image_size, pre.image_size, c), np.uint8)
+        images = np.zeros((len(idx), pre.image_size, pre.image_size, self.data.channels), np.uint8)
         labels = np.zeros(len(idx), np.int32)
         mask = (idx >= 0).astype(np.float32)
         for k, i in enumerate(idx):
             if i < 0:
                 continue
-            img = self.data.image(int(i))
-            if self.train:
-                rng = np.random.default_rng([self.seed, epoch, int(i)])
-                images[k] = train_transform(img, pre, rng)
-            else:
-                images[k] = eval_transform(img, pre)
-            labels[k] = self.data.labels[i]
+            got = self._sample(epoch, int(i))
+            if got is None:  # evaluation: an unreadable image is left out of the counts
+                mask[k] = 0
+                continue
+            images[k], labels[k] = got
         return {"image": images, "label": labels, "mask": mask}
+
+    def _sample(self, epoch: int, i: int):
+        """(image, label) for index ``i``: in training, an unreadable image is replaced by
+        the next readable one in the epoch's order, with ``i``'s random draws."""
+        if not self.train:
+            img = self._transform(i, None)
+            return None if img is None else (img, self.data.labels[i])
+        order = self.order(epoch)
+        start = self._place(epoch, i)
+        for step in range(len(order)):
+            j = int(order[(start + step) % len(order)])
+            img = self._transform(j, np.random.default_rng([self.seed, epoch, i]))
+            if img is not None:
+                return img, self.data.labels[j]
+        raise DatasetError(f"no image of {self.data.name!r} could be read: "
+                           + "; ".join(list(self.unreadable.values())[:3]))
+
+    def _place(self, epoch: int, i: int) -> int:
+        places = self._places.get(epoch)
+        if places is None:
+            places = np.argsort(self.order(epoch))
+            self._places = {**{e: p for e, p in self._places.items() if e >= epoch - 1}, epoch: places}
+        return int(places[i])
+
+    def _transform(self, i: int, rng):
+        """Image ``i`` transformed (``rng`` None: evaluation), or None if it cannot be read."""
+        pre, data = self.preprocess, self.data
+        if data.paths is None:
+            img = data.images[i]
+            return eval_transform(img, pre) if rng is None else train_transform(img, pre, rng)
+        path = data.paths[i]
+        if path in self.unreadable:
+            return None
+        try:
+            if rng is None:
+                return eval_transform_file(path, data.channels, pre)
+            return train_transform_file(path, data.channels, pre, rng)
+        except ImageError as e:
+            if self.strict:
+                raise DatasetError(f"{e}; stopped by --strict (drop --strict to skip unreadable "
+                                   "images, or list them all with resnet-jax check-data)") from None
+            self.unreadable[path] = str(e)
+            return None
 
     def iterator(self, state: dict | None = None) -> DataIterator:
         return DataIterator(self, state)

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from .datasets import Preprocess
+from .images import read_image_reduced
 
 
 def _to_pil(img: np.ndarray):
@@ -51,31 +52,70 @@ def random_resized_crop_box(height: int, width: int, scale, ratio, rng: np.rando
 
 
 def train_transform(img: np.ndarray, pre: Preprocess, rng: np.random.Generator) -> np.ndarray:
+    h, w, _ = img.shape
+    box = random_resized_crop_box(h, w, pre.scale, pre.ratio, rng)
+    return _resize_flip(img, box, pre, rng)
+
+
+def _resize_flip(img: np.ndarray, box, pre: Preprocess, rng: np.random.Generator) -> np.ndarray:
+    """The ``box`` of ``img`` resized to ``image_size`` (PIL's bilinear filter, antialiased
+    when it shrinks, as torchvision's PIL path is), flipped with probability 1/2."""
     from PIL import Image
 
-    h, w, c = img.shape
-    box = random_resized_crop_box(h, w, pre.scale, pre.ratio, rng)
     im = _to_pil(img).resize((pre.image_size, pre.image_size), Image.BILINEAR, box=box)
-    out = _from_pil(im, c)
+    out = _from_pil(im, img.shape[-1])
     if pre.hflip and rng.random() < 0.5:
         out = out[:, ::-1]
     return out
 
 
+def train_transform_file(path, channels: int, pre: Preprocess, rng: np.random.Generator) -> np.ndarray:
+    """``train_transform(read_image(path, channels), pre, rng)`` with the same random draws,
+    a JPEG decoded at the smallest DCT scale whose crop still covers ``image_size`` pixels
+    each way (the pixels a full decode would throw away are never decoded)."""
+    boxes = []
+
+    def need(w, h):
+        box = random_resized_crop_box(h, w, pre.scale, pre.ratio, rng)
+        boxes.append(box)
+        s = pre.image_size
+        return math.ceil(w * s / (box[2] - box[0])), math.ceil(h * s / (box[3] - box[1]))
+
+    img, scale, _ = read_image_reduced(path, channels, need)
+    return _resize_flip(img, tuple(v * scale for v in boxes[0]), pre, rng)
+
+
+def _eval_size(h: int, w: int, pre: Preprocess) -> tuple[int, int]:
+    """(width, height) after torchvision's Resize(int): the shorter side to size / crop_pct."""
+    resize = int(round(pre.image_size / pre.crop_pct))
+    if h <= w:
+        return max(resize, int(resize * w / h)), resize
+    return resize, max(resize, int(resize * h / w))
+
+
 def eval_transform(img: np.ndarray, pre: Preprocess) -> np.ndarray:
+    h, w, _ = img.shape
+    size = pre.image_size
+    if (h, w) == (size, size) and int(round(size / pre.crop_pct)) == size:
+        return img
+    return _resize_center(img, (0, 0, w, h), _eval_size(h, w, pre), pre)
+
+
+def _resize_center(img: np.ndarray, box, new_size, pre: Preprocess) -> np.ndarray:
     from PIL import Image
 
-    h, w, c = img.shape
+    nw, nh = new_size
     size = pre.image_size
-    resize = int(round(size / pre.crop_pct))
-    if (h, w) == (size, size) and resize == size:
-        return img
-    # Resize the shorter side to `resize`, keeping the aspect ratio (torchvision Resize(int)).
-    if h <= w:
-        nh, nw = resize, max(resize, int(resize * w / h))
-    else:
-        nw, nh = resize, max(resize, int(resize * h / w))
-    im = _to_pil(img).resize((nw, nh), Image.BILINEAR)
+    im = _to_pil(img).resize((nw, nh), Image.BILINEAR, box=box)
     top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
     im = im.crop((left, top, left + size, top + size))
-    return _from_pil(im, c)
+    return _from_pil(im, img.shape[-1])
+
+
+def eval_transform_file(path, channels: int, pre: Preprocess) -> np.ndarray:
+    """``eval_transform(read_image(path, channels), pre)``, a JPEG decoded at the smallest
+    DCT scale that still covers the resized image."""
+    img, scale, (w, h) = read_image_reduced(path, channels, lambda w, h: _eval_size(h, w, pre))
+    if (h, w) == (pre.image_size,) * 2 and int(round(pre.image_size / pre.crop_pct)) == pre.image_size:
+        return img
+    return _resize_center(img, (0, 0, w * scale, h * scale), _eval_size(h, w, pre), pre)

@@ -42,7 +42,8 @@ class TrainConfig:
         "mnist:PATH (IDX files), folder:PATH or PATH (one sub-folder per class)")
     image_size: int | None = setting(None, "data", "side of the model's input (default: the data set's)")
     channels: int | None = setting(None, "data", "image folders: 3 (RGB, default) or 1", choices=(1, 3))
-    strict: bool = setting(False, "data", "stop on an unreadable image instead of skipping it with a warning")
+    strict: bool = setting(False, "data", "stop at the first unreadable image, naming it, instead of skipping "
+                          "and counting it")
     skip_unknown_classes: bool = setting(
         False, "data", "image folders: leave out (with a warning) val/ or test/ classes that "
         "train/ lacks, instead of stopping")

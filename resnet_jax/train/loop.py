@@ -79,6 +79,32 @@ class _Data:
     def channels(self) -> int:
         return self.train_set.channels
 
+    def unreadable(self) -> dict[str, str]:
+        """Unreadable images this process's loaders have met so far: path -> reason."""
+        out = dict(self.train_loader.unreadable)
+        for loader in self.eval_loaders.values():
+            out.update(loader.unreadable)
+        return out
+
+
+class _Skips:
+    """Reports unreadable images once each: one log line whenever new ones were met."""
+
+    def __init__(self, data: _Data, log):
+        self.data, self.log, self.seen = data, log, set()
+
+    def count(self) -> int:
+        return len(self.data.unreadable())
+
+    def report(self) -> None:
+        bad = self.data.unreadable()
+        new = [reason for path, reason in bad.items() if path not in self.seen]
+        if new:
+            self.seen.update(bad)
+            self.log(f"warning: skipped {len(bad)} unreadable image(s) so far: " + "; ".join(new[:3])
+                     + (f" (and {len(new) - 3} more)" if len(new) > 3 else "")
+                     + "; --strict stops at the first, resnet-jax check-data lists them all")
+
 
 def _load_data(cfg: TrainConfig) -> _Data:
     sets = load_splits(cfg.dataset, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction,
@@ -93,7 +119,7 @@ def _load_data(cfg: TrainConfig) -> _Data:
     if cfg.image_size:
         pre = dataclasses.replace(pre, image_size=int(cfg.image_size))
     host = dict(shard_index=jax.process_index(), shard_count=jax.process_count(),
-                workers=cfg.workers)
+                workers=cfg.workers, strict=cfg.strict)
     train_loader = Loader(train_set, cfg.batch_size, train=True, seed=cfg.seed, preprocess=pre, **host)
     eval_loaders = {k: Loader(v, cfg.batch_size, train=False, preprocess=pre, **host)
                     for k, v in sets.items() if k in ("val", "test")}
@@ -181,10 +207,10 @@ def _train_locked(run: _Run, log) -> dict:
                      start_step=run.start.step)
     if run.main_process:
         _log_start(run, log)
-    saver = _Saver(run)
+    saver, skips = _Saver(run), _Skips(data, log if run.main_process else (lambda _: None))
     try:
-        state, val = _fit(run, state, saver, logs, *steps)
-        test = _final_evaluation(run, state, logs, steps[1])
+        state, val = _fit(run, state, saver, logs, skips, *steps)
+        test = _final_evaluation(run, state, logs, steps[1], skips)
         latest_step, best = run.ckpts.latest_step(), run.ckpts.best_step()
     finally:
         saver.close()
@@ -233,8 +259,8 @@ class _Metrics:
     Waiting for the device at every step would stall a GPU's queue; a save or the end of
     an epoch fetches first, so no state is saved whose steps were not checked."""
 
-    def __init__(self, run: _Run, logs: MetricLog, bar, saver: _Saver):
-        self.run, self.logs, self.bar, self.saver = run, logs, bar, saver
+    def __init__(self, run: _Run, logs: MetricLog, bar, saver: _Saver, skips: _Skips):
+        self.run, self.logs, self.bar, self.saver, self.skips = run, logs, bar, saver, skips
         self.pending: list[tuple[int, dict]] = []  # (step, metrics on the device)
         self.windows = collections.deque()  # (steps, seconds) of recent fetches
         self.clock: float | None = None  # None: the next fetch holds the compiling step
@@ -248,15 +274,16 @@ class _Metrics:
             return
         fetched = jax.device_get([m for _, m in self.pending])
         ips = self._throughput(len(self.pending))
-        spe = self.run.data.steps_per_epoch
+        spe, skipped = self.run.data.steps_per_epoch, self.skips.count()
         for (step, _), values in zip(self.pending, fetched, strict=True):
             metrics = {k: float(v) for k, v in values.items()}
             _finite_check(metrics, step, (step - 1) // spe, self.run.run_dir, self.saver.last_good)
             self.logs.write({"kind": "train", "step": step, "epoch": (step - 1) // spe + 1,
-                             "images_per_s": ips, **metrics})
+                             "images_per_s": ips, "skipped_images": skipped, **metrics})
         self.bar.update(len(self.pending))
         self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{ips or 0:.0f}", refresh=False)
         self.pending = []
+        self.skips.report()
 
     def _throughput(self, steps: int) -> float | None:
         """Images per second over the last 20 or more steps, leaving out the first step
@@ -289,7 +316,7 @@ def _finite_check(metrics: dict, step: int, epoch: int, run_dir: Path, last_good
     )
 
 
-def _fit(run: _Run, state, saver: _Saver, logs: MetricLog, train_step, eval_step):
+def _fit(run: _Run, state, saver: _Saver, logs: MetricLog, skips: _Skips, train_step, eval_step):
     """The training steps from the start step to the end, with evaluations and saves."""
     from tqdm import tqdm
 
@@ -298,7 +325,7 @@ def _fit(run: _Run, state, saver: _Saver, logs: MetricLog, train_step, eval_step
     start_step = int(saver.start.step or 0)
     bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                disable=not (cfg.progress and run.main_process), leave=False)
-    metrics, val = _Metrics(run, logs, bar, saver), None
+    metrics, val = _Metrics(run, logs, bar, saver, skips), None
     try:
         for done in range(start_step + 1, total_steps + 1):
             state, step_metrics = train_step(state, shd.shard_batch(next(saver.it), mesh))
@@ -313,7 +340,8 @@ def _fit(run: _Run, state, saver: _Saver, logs: MetricLog, train_step, eval_step
             if validate:
                 val = evaluate(state, data.eval_loaders["val"], eval_step, mesh)
                 logs.write({"kind": "val", "step": done, "epoch": done // spe, "loss": val.loss,
-                            "accuracy": val.accuracy, "top5": val.top5})
+                            "accuracy": val.accuracy, "top5": val.top5, "skipped_images": skips.count()})
+                skips.report()
                 saver.save(done, state, {"val_accuracy": val.accuracy, "val_loss": val.loss})
             elif save:
                 saver.save(done, state)
@@ -324,12 +352,13 @@ def _fit(run: _Run, state, saver: _Saver, logs: MetricLog, train_step, eval_step
     return state, val
 
 
-def _final_evaluation(run: _Run, state, logs: MetricLog, eval_step) -> EvalResult:
+def _final_evaluation(run: _Run, state, logs: MetricLog, eval_step, skips: _Skips) -> EvalResult:
     """The trained state on the test split (the validation split when there is none)."""
     loader = run.data.eval_loaders.get("test") or run.data.eval_loaders.get("val")
     test = evaluate(state, loader, eval_step, run.mesh)
     logs.write({"kind": "test", "step": run.data.total_steps, "loss": test.loss,
-                "accuracy": test.accuracy, "top5": test.top5})
+                "accuracy": test.accuracy, "top5": test.top5, "skipped_images": skips.count()})
+    skips.report()
     return test
 
 
@@ -342,7 +371,7 @@ def _summary(run: _Run, test: EvalResult, val, latest_step, best, logs) -> dict:
         "val_accuracy": None if val is None else val.accuracy,
         "run_dir": str(run_dir), "checkpoint": str(latest) if latest else None,
         "best_checkpoint": str(run_dir / str(best)) if best is not None else None,
-        "steps": run.data.total_steps,
+        "steps": run.data.total_steps, "skipped_images": len(run.data.unreadable()),
     }
     if run.main_process and run.cfg.plots:
         from ..viz.curves import plot_curves

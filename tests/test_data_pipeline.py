@@ -1,0 +1,148 @@
+"""The lazy folder, reduced-scale JPEG decoding, packed shards and the benchmark set."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnet_jax.data import DatasetError, Loader, check_data, image_folder
+
+
+def _folder(root, per_class=6, side=12, broken=("a/3.png",)):
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (side, side + 2, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    for name in broken:
+        (root / name).write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    return root
+
+
+def _epochs(loader, state=None, n=6):
+    with loader.iterator(state) as it:
+        return [next(it) for _ in range(n)], it.state()
+
+
+def test_listing_a_folder_reads_no_pixels(tmp_path, monkeypatch):
+    root = _folder(tmp_path / "set")
+    monkeypatch.setattr(Image, "open", lambda *a, **k: pytest.fail("an image was opened while listing"))
+    data = image_folder(root)
+    assert len(data) == 12 and data.class_names == ["a", "b"]
+
+
+def test_an_unreadable_image_is_skipped_mid_epoch_and_the_batches_stay_deterministic(tmp_path):
+    data = image_folder(_folder(tmp_path / "set"))
+    broken = str(tmp_path / "set" / "a" / "3.png")
+    mk = lambda workers: Loader(data, 4, train=True, seed=3, workers=workers, prefetch=2)  # noqa: E731
+    one, two = mk(1), mk(3)
+    a, _ = _epochs(one, n=9)  # three epochs of three batches: the broken image is met in each
+    b, _ = _epochs(two, n=9)
+    assert one.unreadable and list(one.unreadable) == [broken] == list(two.unreadable)
+    assert "3.png" in one.unreadable[broken]
+    for x, y in zip(a, b, strict=True):
+        assert x["image"].shape == (4, 224, 224, 3)
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["label"], y["label"])
+    first, state = _epochs(mk(2), n=4)  # resumed mid-epoch: the same batches follow
+    rest, _ = _epochs(mk(2), state, n=5)
+    for x, y in zip(first + rest, a, strict=True):
+        np.testing.assert_array_equal(x["image"], y["image"])
+    # The broken image's place goes to the next readable image of the epoch's order.
+    order = list(one.order(0))
+    at = order.index(data.paths.index(broken))
+    nxt = order[(at + 1) % len(order)]
+    if at < 12 - 12 % 4:
+        assert a[at // 4]["label"][at % 4] == data.labels[nxt]
+
+
+def test_strict_stops_at_the_unreadable_image_naming_it(tmp_path):
+    data = image_folder(_folder(tmp_path / "set"), strict=True)
+    with pytest.raises(DatasetError, match=r"3\.png.*--strict"):
+        _epochs(Loader(data, 12, train=True, seed=0), n=1)
+
+
+def test_an_unreadable_evaluation_image_is_masked_out(tmp_path):
+    data = image_folder(_folder(tmp_path / "set"))
+    batches = list(Loader(data, 5, train=False).epoch(0))
+    mask = np.concatenate([b["mask"] for b in batches])
+    broken = data.paths.index(str(tmp_path / "set" / "a" / "3.png"))
+    assert mask.sum() == 11 and mask[broken] == 0
+
+
+def test_check_data_lists_every_unreadable_image(tmp_path):
+    root = _folder(tmp_path / "set", broken=("a/3.png",))
+    good = (root / "a" / "0.png").read_bytes()
+    (root / "b" / "0.png").write_bytes(good[: len(good) // 2])  # truncated
+    report = check_data(root, progress=False)
+    assert report.checked == 12 and not report.ok
+    assert [p.split("/")[-2:] for p, _ in report.unreadable] == [["a", "3.png"], ["b", "0.png"]]
+    assert "2 of 12 images cannot be read" in report.summary()
+    assert check_data(_folder(tmp_path / "good", broken=()), progress=False).ok
+
+
+def test_training_skips_counts_and_logs_or_stops_under_strict(tmp_path):
+    from resnet_jax.errors import ResNetJaxError
+    from resnet_jax.train import TrainConfig, train
+
+    root = _folder(tmp_path / "set", per_class=8)
+    (root / "val").mkdir()
+    train_root = root / "train"
+    train_root.mkdir()
+    for cls in ("a", "b"):
+        (root / cls).rename(train_root / cls)
+        (root / "val" / cls).mkdir()
+        (train_root / cls / "7.png").rename(root / "val" / cls / "7.png")
+    cfg = dict(dataset=str(root), arch="my_resnet", model_options={"stage_widths": [8, 16]},
+               image_size=8, batch_size=14, epochs=1, progress=False, tensorboard=False, plots=False)
+    with pytest.raises(ResNetJaxError, match=r"3\.png.*--strict"):
+        train(TrainConfig(**cfg, output=str(tmp_path / "strict"), strict=True), log=lambda m: None)
+    logged = []
+    summary = train(TrainConfig(**cfg, output=str(tmp_path / "run")), log=logged.append)
+    assert summary["skipped_images"] == 1
+    lines = [m for m in logged if "unreadable" in m]
+    assert len(lines) == 1 and "skipped 1 unreadable image(s)" in lines[0] and "3.png" in lines[0]
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["kind"] == "test" and records[-1]["skipped_images"] == 1
+    assert [r["skipped_images"] for r in records if r["kind"] == "train"] == [1]
+
+
+# ----------------------------------------------------------------------------- reduced-scale decoding
+
+
+@pytest.mark.parametrize("width,height,size", [(1000, 750, 224), (1000, 750, 112), (500, 375, 112)])
+def test_a_jpeg_decoded_at_reduced_scale_stays_within_3_grey_levels_of_a_full_decode(
+        tmp_path, width, height, size):
+    import dataclasses
+
+    from skimage import data as samples
+
+    from resnet_jax.data import Preprocess, random_resized_crop_box, read_image
+    from resnet_jax.data.images import read_image_reduced
+    from resnet_jax.data.transforms import (
+        eval_transform,
+        eval_transform_file,
+        train_transform,
+        train_transform_file,
+    )
+
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(samples.astronaut()).resize((width, height), Image.BILINEAR).save(path, quality=90)
+    full = read_image(path, 3)
+    pre = dataclasses.replace(Preprocess(size), scale=(0.08, 1.0))
+    diffs, scales, used = [], [], set()
+    for seed in range(30):
+        box = random_resized_crop_box(height, width, pre.scale, pre.ratio, np.random.default_rng(seed))
+        used.add(min(8, (box[2] - box[0]) // size, (box[3] - box[1]) // size))
+        fast = train_transform_file(path, 3, pre, np.random.default_rng(seed))
+        slow = train_transform(full, pre, np.random.default_rng(seed))
+        assert fast.shape == slow.shape == (size, size, 3)
+        diffs.append(np.abs(fast.astype(int) - slow.astype(int)).mean())
+    for s in (1.0, 0.5, 0.25):
+        scales.append(read_image_reduced(path, 3, lambda w, h, s=s: (w * s, h * s))[1])
+    fast, slow = eval_transform_file(path, 3, pre), eval_transform(full, pre)
+    diffs.append(np.abs(fast.astype(int) - slow.astype(int)).mean())
+    assert max(diffs) <= 3.0, max(diffs)
+    assert scales == [1.0, 0.5, 0.25]  # the decoder does reduce
+    assert max(used) >= 2  # and some of these crops were decoded reduced
