@@ -146,3 +146,24 @@ def test_a_jpeg_decoded_at_reduced_scale_stays_within_3_grey_levels_of_a_full_de
     assert max(diffs) <= 3.0, max(diffs)
     assert scales == [1.0, 0.5, 0.25]  # the decoder does reduce
     assert max(used) >= 2  # and some of these crops were decoded reduced
+
+
+# ----------------------------------------------------------------------------- the benchmark set
+
+
+def test_imagenet_like_set_is_deterministic_sized_and_restartable(tmp_path):
+    from benchmarks.imagenet_like import generate
+
+    assert generate(tmp_path / "a", 6, classes=3, seed=1, progress=False) == 6
+    assert generate(tmp_path / "b", 6, classes=3, seed=1, progress=False) == 6
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.jpg"))
+    assert [str(f) for f in files[:2]] == ["class_0000/0000000.jpg", "class_0000/0000003.jpg"]
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+        with Image.open(tmp_path / "a" / f) as im:
+            assert im.size == (500, 375) and im.format == "JPEG"
+    (tmp_path / "a" / files[0]).unlink()
+    assert generate(tmp_path / "a", 6, classes=3, seed=1, progress=False) == 1
+    generate(tmp_path / "c", 3, classes=3, seed=2, progress=False)
+    assert (tmp_path / "c" / files[0]).read_bytes() != (tmp_path / "b" / files[0]).read_bytes()
+    assert len(image_folder(tmp_path / "a")) == 6
