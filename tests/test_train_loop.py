@@ -198,6 +198,7 @@ def test_corrupt_images_are_skipped_with_a_warning_or_fail_under_strict(tmp_path
     assert "test accuracy" in captured.out
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_continues_with_the_same_losses(tmp_path, env):
     total = 160
     args = [*TINY_ARGS, "--epochs", "40", "--checkpoint-every", "10", "--no-plots"]
@@ -271,6 +272,7 @@ def test_four_devices_match_one_device(tmp_path, env, one_device_run):
     _assert_same_run(tmp_path / "four", one_device_run)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_device(tmp_path, env, one_device_run):
     """Two hosts on localhost (JAX's CPU collectives), each reading half of every batch."""
     import socket
