@@ -167,3 +167,115 @@ def test_imagenet_like_set_is_deterministic_sized_and_restartable(tmp_path):
     generate(tmp_path / "c", 3, classes=3, seed=2, progress=False)
     assert (tmp_path / "c" / files[0]).read_bytes() != (tmp_path / "b" / files[0]).read_bytes()
     assert len(image_folder(tmp_path / "a")) == 6
+
+
+# ----------------------------------------------------------------------------- packed shards
+
+
+def _split_folder(root, big=()):
+    """train/ and val/ with classes a, b: JPEGs of 60x45, PNGs of 20x15, and ``big`` JPEGs
+    of 300x200 (larger than the packs' max_side)."""
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 5), ("val", 2)):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                smooth = Image.fromarray(rng.integers(0, 256, (9, 12, 3), dtype=np.uint8)).resize((60, 45))
+                smooth.save(root / split / cls / f"{i}.jpg", quality=90)
+            Image.fromarray(rng.integers(0, 256, (15, 20, 3), dtype=np.uint8)).save(root / split / cls / "p.png")
+    for name in big:
+        Image.fromarray(rng.integers(0, 256, (8, 12, 3), dtype=np.uint8)).resize((300, 200)).save(
+            root / name, quality=90)
+    return root
+
+
+def test_a_pack_gives_the_folders_labels_and_eval_images(tmp_path):
+    import dataclasses
+
+    from resnet_jax.data import Preprocess, load_splits, pack
+
+    root = _split_folder(tmp_path / "set", big=("train/a/big.jpg", "val/b/big.jpg"))
+    meta = pack(root, tmp_path / "packed", max_side=128, images_per_shard=4, progress=False)
+    assert meta["class_names"] == ["a", "b"] and meta["unreadable"] == 0
+    assert len(list((tmp_path / "packed").glob("train-*.array_record"))) == 4  # 13 images, 4 a shard
+    folder, packed = load_splits(str(root)), load_splits(str(tmp_path / "packed"))
+    pre = dataclasses.replace(Preprocess(32), crop_pct=0.875)
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(folder[split].labels, packed[split].labels)
+        assert folder[split].class_names == packed[split].class_names
+        a = next(Loader(folder[split], len(folder[split]), train=False, preprocess=pre).epoch(0))
+        b = next(Loader(packed[split], len(packed[split]), train=False, preprocess=pre).epoch(0))
+        big = np.array(["big" in p for p in folder[split].paths])
+        # Images within max_side are stored byte for byte: identical; the 300x200 ones are
+        # re-encoded at 128x85 (JPEG quality 95): within 3 grey levels on average.
+        np.testing.assert_array_equal(a["image"][~big], b["image"][~big])
+        assert np.abs(a["image"][big].astype(int) - b["image"][big].astype(int)).mean() <= 3.0
+
+
+def test_packing_refuses_to_overwrite_and_restarts_after_an_interruption(tmp_path, monkeypatch):
+    import resnet_jax.data.packed as packed
+    from resnet_jax.data import pack
+
+    root = _split_folder(tmp_path / "set")
+    out = tmp_path / "packed"
+    real, calls = packed._write_shard, []
+
+    def dies_on_the_third(*args):
+        calls.append(args[1])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(packed, "_write_shard", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        pack(root, out, images_per_shard=4, progress=False)
+    monkeypatch.setattr(packed, "_write_shard", lambda *a: calls.append(a[1]) or real(*a))
+    pack(root, out, images_per_shard=4, progress=False)
+    # The restart writes only the shard that died and those after it.
+    assert calls == ["train-00000-of-00003.array_record", "train-00001-of-00003.array_record",
+                     "train-00002-of-00003.array_record", "train-00002-of-00003.array_record",
+                     "val-00000-of-00002.array_record", "val-00001-of-00002.array_record"]
+    with pytest.raises(DatasetError, match="already holds a pack.*--overwrite"):
+        pack(root, out, progress=False)
+    pack(root, tmp_path / "clean", images_per_shard=4, progress=False)
+    for f in sorted((tmp_path / "clean").iterdir()):
+        assert (out / f.name).read_bytes() == f.read_bytes(), f.name
+    pack(root, out, overwrite=True, progress=False)
+    assert sorted(p.name for p in out.glob("*.array_record")) == ["train-00000-of-00001.array_record",
+                                                                  "val-00000-of-00001.array_record"]
+
+
+def test_training_on_a_pack_matches_training_on_its_folder(tmp_path):
+    from resnet_jax.data import pack
+    from resnet_jax.train import TrainConfig, train
+
+    root = _split_folder(tmp_path / "set")
+    pack(root, tmp_path / "packed", max_side=64, progress=False)
+    cfg = dict(arch="my_resnet", model_options={"stage_widths": [8, 16]}, image_size=16, batch_size=4,
+               epochs=1, max_steps=3, progress=False, tensorboard=False, plots=False)
+    losses = []
+    for name, dataset in (("folder", root), ("packed", tmp_path / "packed")):
+        train(TrainConfig(**cfg, dataset=str(dataset), output=str(tmp_path / name)), log=lambda m: None)
+        records = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        losses.append([(r["kind"], r.get("loss")) for r in records])
+    assert losses[0] == losses[1] and len(losses[0]) == 5  # 3 steps, val, test
+
+
+def test_a_run_on_a_pack_resumes_with_the_same_losses(tmp_path):
+    from resnet_jax.data import pack
+    from resnet_jax.train import TrainConfig, train
+
+    root = _split_folder(tmp_path / "set")
+    pack(root, tmp_path / "packed", max_side=64, progress=False)
+    cfg = dict(dataset=str(tmp_path / "packed"), arch="my_resnet", model_options={"stage_widths": [8, 16]},
+               image_size=16, batch_size=4, epochs=2, progress=False, tensorboard=False, plots=False,
+               workers=3)
+
+    def losses(run):
+        records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
+
+    train(TrainConfig(**cfg, output=str(tmp_path / "ref")), log=lambda m: None)
+    train(TrainConfig(**cfg, max_steps=2, output=str(tmp_path / "cut")), log=lambda m: None)
+    train(TrainConfig(**cfg, resume=True, output=str(tmp_path / "cut")), log=lambda m: None)
+    assert losses(tmp_path / "cut") == losses(tmp_path / "ref") and len(losses(tmp_path / "ref")) == 6

@@ -23,11 +23,12 @@ from .datasets import (
     stratified_split,
     synthetic,
 )
+from .packed import is_packed, pack
 from .pipeline import DataIterator, Loader
 from .transforms import eval_transform, random_resized_crop_box, train_transform
 
 __all__ = [
     "CheckReport", "DATASETS", "DataIterator", "DatasetError", "ImageSet", "Loader", "Preprocess", "check_data", "digits",
-    "eval_transform", "faces", "image_folder", "load_splits", "mnist", "random_resized_crop_box",
+    "eval_transform", "faces", "image_folder", "load_splits", "is_packed", "mnist", "pack", "random_resized_crop_box",
     "read_idx", "read_image", "stratified_split", "synthetic", "train_transform",
 ]

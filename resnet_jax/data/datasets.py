@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import ResNetJaxError
 from ..imagenet import MEAN as IMAGENET_MEAN
 from ..imagenet import STD as IMAGENET_STD
-from .images import read_image
+from .images import read_image, read_image_reduced  # noqa: F401 (read_image re-exported)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -65,7 +65,8 @@ class Preprocess:
 
 @dataclasses.dataclass
 class ImageSet:
-    """Labelled images: in memory (``images``, N x H x W x C uint8) or as file ``paths``."""
+    """Labelled images: in memory (``images``, N x H x W x C uint8), as file ``paths``, or
+    as ``packed`` records (``resnet_jax.data.packed.Records``: encoded images in shards)."""
 
     name: str
     class_names: list[str]
@@ -75,11 +76,12 @@ class ImageSet:
     paths: list[str] | None = None
     preprocess: Preprocess | None = None
     strict: bool = False  # a loader of these files stops at an unreadable one (else skips it)
+    packed: object | None = None
 
     def __post_init__(self):
         self.labels = np.asarray(self.labels, np.int32)
-        if (self.images is None) == (self.paths is None):
-            raise ValueError("an ImageSet holds either images or paths")
+        if sum(x is not None for x in (self.images, self.paths, self.packed)) != 1:
+            raise ValueError("an ImageSet holds one of images, paths or packed records")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -92,7 +94,15 @@ class ImageSet:
         """Image ``i`` as uint8 HWC with ``channels`` channels."""
         if self.images is not None:
             return self.images[i]
-        return read_image(self.paths[i], self.channels)
+        name, data = self.source(i)
+        return read_image_reduced(name, self.channels, None, data)[0]
+
+    def source(self, i: int) -> tuple[str, bytes | None]:
+        """Where image ``i`` of a file-backed set is: (its path, None) or, packed, (its
+        name, its encoded bytes)."""
+        if self.paths is not None:
+            return self.paths[i], None
+        return self.packed.read(i)
 
     def subset(self, indices, name: str | None = None) -> ImageSet:
         indices = np.asarray(indices, np.int64)
@@ -102,6 +112,7 @@ class ImageSet:
             labels=self.labels[indices],
             images=None if self.images is None else self.images[indices],
             paths=None if self.paths is None else [self.paths[i] for i in indices],
+            packed=None if self.packed is None else self.packed.subset(indices),
         )
 
 
@@ -362,6 +373,24 @@ def _unknown_split_classes(root: Path, split: str, known: Sequence[str], unknown
     )
 
 
+def folder_sets(root, channels: int = 3, strict: bool = False,
+                unknown_classes: str = "error") -> dict[str, ImageSet]:
+    """An image folder's sets as listed: ``train`` and ``val`` and/or ``test`` when it has
+    those sub-folders (their classes are train's), else ``all`` (split by ``load_splits``)."""
+    root = Path(root)
+    subs = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+    if not ("train" in subs and subs & {"val", "test"}):
+        return {"all": image_folder(root, channels, strict)}
+    train = image_folder(root / "train", channels, strict, name=f"{root.name}-train")
+    out = {"train": train}
+    for split in ("val", "test"):
+        if split in subs:
+            _unknown_split_classes(root, split, train.class_names, unknown_classes)
+            out[split] = image_folder(root / split, channels, strict, class_names=train.class_names,
+                                      name=f"{root.name}-{split}")
+    return out
+
+
 DATASETS = ("digits", "faces", "synthetic", "mnist:PATH", "folder:PATH", "PATH")
 
 
@@ -391,21 +420,14 @@ def load_splits(spec: str, *, test_fraction: float = 0.2, val_fraction: float = 
             sets["train"] = sets["train"].subset(fit, "mnist-train")
         return sets
     if kind == "folder" or Path(spec).is_dir():
+        from .packed import is_packed, packed_sets
+
         root = Path(arg if kind == "folder" else spec)
-        ch = channels or 3
-        subs = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
-        if "train" in subs and subs & {"val", "test"}:
-            train = image_folder(root / "train", ch, strict, name=f"{root.name}-train")
-            out = {"train": train}
-            for split in ("val", "test"):
-                if split in subs:
-                    _unknown_split_classes(root, split, train.class_names, unknown_classes)
-                    out[split] = image_folder(root / split, ch, strict, class_names=train.class_names,
-                                              name=f"{root.name}-{split}")
-            if "test" not in out:
-                out["test"] = out["val"]
-            return out
-        return _split(image_folder(root, ch, strict), test_fraction, val_fraction)
+        sets = (packed_sets(root, channels, strict) if is_packed(root)
+                else folder_sets(root, channels or 3, strict, unknown_classes))
+        if "all" in sets:
+            return _split(sets["all"], test_fraction, val_fraction)
+        return {**sets, "test": sets.get("test", sets.get("val"))}
     raise DatasetError(
         f"unknown data set {spec!r}; expected one of {', '.join(DATASETS)} "
         "(PATH: a folder with one sub-folder of images per class)"

@@ -31,7 +31,8 @@ def read_image(path, channels: int) -> np.ndarray:
     return read_image_reduced(path, channels, None)[0]
 
 
-def read_image_reduced(path, channels: int, need) -> tuple[np.ndarray, float, tuple[int, int]]:
+def read_image_reduced(path, channels: int, need, data: bytes | None = None,
+                       ) -> tuple[np.ndarray, float, tuple[int, int]]:
     """``(image, scale, (width, height))``: the file decoded as ``read_image`` does, a JPEG
     at the smallest DCT scale (1, 1/2, 1/4 or 1/8) whose size still covers ``need``.
 
@@ -39,18 +40,22 @@ def read_image_reduced(path, channels: int, need) -> tuple[np.ndarray, float, tu
     pixels decoded) and returns the smallest ``(width, height)`` the decode may give, or
     None for full size. ``scale`` is the decoded size over the full size (1.0 when not
     reduced): a pixel coordinate ``x`` of the full image is ``x * scale`` in the result.
+    With ``data`` (an encoded image held in memory) that is decoded and ``path`` only names it.
     """
+    import io
+
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
-    if not path.is_file():
-        what = "is a directory, not an image file" if path.is_dir() else "does not exist"
-        raise ImageError(f"image {path} {what}")
+    if data is None:
+        path = Path(path)
+        if not path.is_file():
+            what = "is a directory, not an image file" if path.is_dir() else "does not exist"
+            raise ImageError(f"image {path} {what}")
     try:
         with warnings.catch_warnings():
             # PIL warns between MAX_IMAGE_PIXELS and twice that; refuse both alike.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(path if data is None else io.BytesIO(data)) as im:
                 full = im.size
                 scale = _draft(im, need(*full) if need is not None else None)
                 im.load()

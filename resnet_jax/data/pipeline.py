@@ -137,16 +137,16 @@ class Loader:
     def _transform(self, i: int, rng):
         """Image ``i`` transformed (``rng`` None: evaluation), or None if it cannot be read."""
         pre, data = self.preprocess, self.data
-        if data.paths is None:
+        if data.images is not None:
             img = data.images[i]
             return eval_transform(img, pre) if rng is None else train_transform(img, pre, rng)
-        path = data.paths[i]
+        path, encoded = data.source(i)
         if path in self.unreadable:
             return None
         try:
             if rng is None:
-                return eval_transform_file(path, data.channels, pre)
-            return train_transform_file(path, data.channels, pre, rng)
+                return eval_transform_file(path, data.channels, pre, encoded)
+            return train_transform_file(path, data.channels, pre, rng, encoded)
         except ImageError as e:
             if self.strict:
                 raise DatasetError(f"{e}; stopped by --strict (drop --strict to skip unreadable "

@@ -69,7 +69,8 @@ def _resize_flip(img: np.ndarray, box, pre: Preprocess, rng: np.random.Generator
     return out
 
 
-def train_transform_file(path, channels: int, pre: Preprocess, rng: np.random.Generator) -> np.ndarray:
+def train_transform_file(path, channels: int, pre: Preprocess, rng: np.random.Generator,
+                         data: bytes | None = None) -> np.ndarray:
     """``train_transform(read_image(path, channels), pre, rng)`` with the same random draws,
     a JPEG decoded at the smallest DCT scale whose crop still covers ``image_size`` pixels
     each way (the pixels a full decode would throw away are never decoded)."""
@@ -81,7 +82,7 @@ def train_transform_file(path, channels: int, pre: Preprocess, rng: np.random.Ge
         s = pre.image_size
         return math.ceil(w * s / (box[2] - box[0])), math.ceil(h * s / (box[3] - box[1]))
 
-    img, scale, _ = read_image_reduced(path, channels, need)
+    img, scale, _ = read_image_reduced(path, channels, need, data)
     return _resize_flip(img, tuple(v * scale for v in boxes[0]), pre, rng)
 
 
@@ -112,10 +113,10 @@ def _resize_center(img: np.ndarray, box, new_size, pre: Preprocess) -> np.ndarra
     return _from_pil(im, img.shape[-1])
 
 
-def eval_transform_file(path, channels: int, pre: Preprocess) -> np.ndarray:
+def eval_transform_file(path, channels: int, pre: Preprocess, data: bytes | None = None) -> np.ndarray:
     """``eval_transform(read_image(path, channels), pre)``, a JPEG decoded at the smallest
     DCT scale that still covers the resized image."""
-    img, scale, (w, h) = read_image_reduced(path, channels, lambda w, h: _eval_size(h, w, pre))
+    img, scale, (w, h) = read_image_reduced(path, channels, lambda w, h: _eval_size(h, w, pre), data)
     if (h, w) == (pre.image_size,) * 2 and int(round(pre.image_size / pre.crop_pct)) == pre.image_size:
         return img
     return _resize_center(img, (0, 0, w * scale, h * scale), _eval_size(h, w, pre), pre)
