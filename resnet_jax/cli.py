@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "resnet_jax.train.cli",  # train, evaluate
     "resnet_jax.explain.cli",  # gradcam, visualize
     "resnet_jax.course",  # course
+    "resnet_jax.data.cli",  # check-data, pack
 ]
 
 

@@ -279,3 +279,18 @@ def test_a_run_on_a_pack_resumes_with_the_same_losses(tmp_path):
     train(TrainConfig(**cfg, max_steps=2, output=str(tmp_path / "cut")), log=lambda m: None)
     train(TrainConfig(**cfg, resume=True, output=str(tmp_path / "cut")), log=lambda m: None)
     assert losses(tmp_path / "cut") == losses(tmp_path / "ref") and len(losses(tmp_path / "ref")) == 6
+
+
+def test_check_data_and_pack_commands(tmp_path, capsys):
+    from resnet_jax.cli import main
+
+    root = _folder(tmp_path / "set")
+    assert main(["check-data", str(root), "--no-progress"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert "1 of 12 images cannot be read" in out[0] and len(out) == 2 and "3.png" in out[1]
+    assert main(["pack", str(root), str(tmp_path / "p"), "--max-side", "64", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "packed 12 images of 2 classes" in captured.out and "1 image(s) could not be read" in captured.err
+    assert main(["pack", str(root), str(tmp_path / "p"), "--no-progress"]) == 2
+    assert "already holds a pack" in capsys.readouterr().err
+    assert main(["check-data", str(tmp_path / "missing")]) == 2
