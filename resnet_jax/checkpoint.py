@@ -118,21 +118,26 @@ def save(directory, model: nn.Module, variables, *, arch: str | None = None,
             _put_back(staging / "previous", directory)
             raise
     finally:
-        if not (staging / "previous").exists():  # never delete a model not put back
+        if not _holds_files(staging / "previous"):  # never delete a model not put back
             shutil.rmtree(staging, ignore_errors=True)
     return directory
 
 
 def _put_back(previous: Path, directory: Path) -> None:
     """After a failed rename into place: the model moved aside returns to ``directory``; if
-    it cannot, it stays where it is, and the error says where."""
-    if not previous.exists():
+    it cannot, it stays where it is, and the error says where. An empty folder moved aside
+    (a concurrent writer's claim on the name) is nothing to keep."""
+    if not _holds_files(previous):
         return
     try:
         os.replace(previous, directory)
     except OSError as e:
         raise OSError(e.errno, f"{e.strerror}; the previous model is kept in {previous}",
                       str(directory)) from e
+
+
+def _holds_files(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
 
 
 def _is_checkpoint(path: Path) -> bool:
