@@ -6,7 +6,8 @@
 
 Each row decodes, random-resized-crops to 224, flips and returns uint8 batches of 64,
 training mode, for ``--images`` images after one warm-up batch: resnet-jax's ``Loader``
-from the folder and from the pack (its ``--workers`` decoding threads), and torchvision's
+from the folder and from the pack (its ``--workers`` decoding threads), with ``--grain``
+the same ``Loader.batch`` run by ``--workers`` grain worker processes, and torchvision's
 ``ImageFolder`` + ``DataLoader`` with ``RandomResizedCrop(224)``,
 ``RandomHorizontalFlip()`` and ``PILToTensor()`` (uint8) and the same number of worker
 processes. Rows alternate in one process (peer, ours, peer, ours, ...), ``--repeats``
@@ -39,6 +40,45 @@ def ours(root: str, workers: int, images: int, batch: int):
     return run
 
 
+class _BuildBatch:
+    """Batch ``position`` of a ``Loader``, built in a grain worker process (picklable)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __call__(self, position: int) -> dict:
+        spe = self.loader.steps_per_epoch
+        return self.loader.batch(position // spe, position % spe)
+
+
+def ours_grain(root: str, workers: int, images: int, batch: int):
+    """The same ``Loader.batch`` (same batches, position by position) run by grain's
+    worker processes (``MapDataset`` -> ``mp_prefetch``) instead of threads."""
+    import grain
+    from absl import flags
+
+    from resnet_jax.data import Loader, Preprocess, load_splits
+
+    if not flags.FLAGS.is_parsed():  # grain reads its absl flags in the workers' start
+        flags.FLAGS.mark_as_parsed()
+    sets = load_splits(root, test_fraction=0.01, val_fraction=0)
+    loader = Loader(sets["train"], batch, train=True, seed=0, preprocess=Preprocess(224), workers=1)
+    ds = (grain.MapDataset.range(0, 10**9).map(_BuildBatch(loader))
+          .to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
+          .mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2)))
+
+    def run():
+        it = iter(ds)
+        next(it)  # warm-up: the worker processes start and import
+        t = time.perf_counter()
+        for _ in range(max(1, images // batch)):
+            assert next(it)["image"].dtype == np.uint8
+        rate = max(1, images // batch) * batch / (time.perf_counter() - t)
+        del it
+        return rate
+    return run
+
+
 def torchvision_peer(root: str, workers: int, images: int, batch: int):
     import torch
     from torchvision import datasets, transforms
@@ -68,6 +108,11 @@ def measure(args) -> list[tuple[str, int, float]]:
                 "resnet-jax Loader (folder)": ours(args.folder, w, args.images, args.batch)}
         if args.pack:
             runs["resnet-jax Loader (pack)"] = ours(args.pack, w, args.images, args.batch)
+        if args.grain:
+            for name, root in (("folder", args.folder), ("pack", args.pack)):
+                if root:
+                    runs[f"resnet-jax batches in grain processes ({name})"] = ours_grain(
+                        root, w, args.images, args.batch)
         best = dict.fromkeys(runs, 0.0)
         for _ in range(args.repeats):
             for name, run in runs.items():
@@ -92,6 +137,8 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=2000, help="images timed per row")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--grain", action="store_true",
+                   help="also the same batches built by grain worker processes (pip install grain)")
     args = p.parse_args(argv)
     print(render(measure(args)))
     return 0

@@ -261,13 +261,16 @@ def test_training_on_a_pack_matches_training_on_its_folder(tmp_path):
     assert losses[0] == losses[1] and len(losses[0]) == 5  # 3 steps, val, test
 
 
-def test_a_run_on_a_pack_resumes_with_the_same_losses(tmp_path):
+@pytest.mark.parametrize("packed", [False, True], ids=["folder", "pack"])
+def test_a_run_on_a_folder_or_a_pack_resumes_with_the_same_losses(tmp_path, packed):
     from resnet_jax.data import pack
     from resnet_jax.train import TrainConfig, train
 
     root = _split_folder(tmp_path / "set")
-    pack(root, tmp_path / "packed", max_side=64, progress=False)
-    cfg = dict(dataset=str(tmp_path / "packed"), arch="my_resnet", model_options={"stage_widths": [8, 16]},
+    if packed:
+        root = tmp_path / "packed"
+        pack(tmp_path / "set", root, max_side=64, progress=False)
+    cfg = dict(dataset=str(root), arch="my_resnet", model_options={"stage_widths": [8, 16]},
                image_size=16, batch_size=4, epochs=2, progress=False, tensorboard=False, plots=False,
                workers=3)
 
