@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .datasets import DatasetError, image_folder
-from .images import ImageError, read_image
+from .images import ImageError, ordered_map, read_image
 
 
 @dataclasses.dataclass
@@ -57,7 +57,8 @@ def check_data(path, channels: int = 3, workers: int = 4, progress: bool = True)
     bad = []
     with ThreadPoolExecutor(max(1, int(workers))) as pool, \
             tqdm(total=len(paths), unit="img", disable=not progress, leave=False) as bar:
-        for p, reason in zip(paths, pool.map(_read, paths, [channels] * len(paths)), strict=True):
+        reasons = ordered_map(pool, lambda p: _read(p, channels), paths)
+        for p, reason in zip(paths, reasons, strict=True):
             bar.update(1)
             if reason is not None:
                 bad.append((p, reason))

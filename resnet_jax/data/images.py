@@ -84,6 +84,14 @@ def _draft(im, size) -> float:
     return 1.0 if got is None else got[1][2] / width
 
 
+def ordered_map(pool, fn, items, window: int = 256):
+    """``pool.map(fn, items)`` in order, with at most ``window`` items submitted ahead (a
+    plain ``pool.map`` submits every item at once: a million futures for a million files)."""
+    items = list(items)
+    for start in range(0, len(items), window):
+        yield from pool.map(fn, items[start:start + window])
+
+
 def _convert(im, channels: int):
     """A PIL image in mode "L" (channels 1) or "RGB" (otherwise)."""
     from PIL import Image
@@ -100,4 +108,4 @@ def _convert(im, channels: int):
     return im.convert("L" if channels == 1 else "RGB")
 
 
-__all__ = ["IMAGE_FORMATS", "ImageError", "read_image", "read_image_reduced"]
+__all__ = ["IMAGE_FORMATS", "ImageError", "ordered_map", "read_image", "read_image_reduced"]

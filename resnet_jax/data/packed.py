@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .datasets import DatasetError, ImageSet, Preprocess, folder_sets
-from .images import ImageError, read_image_reduced
+from .images import ImageError, ordered_map, read_image_reduced
 
 FORMAT = "resnet-jax-packed/1"
 META = "meta.json"
@@ -173,7 +173,7 @@ def _write_shard(out: Path, shard: str, paths: list[str], ch: int, max_side: int
     writer = _array_record().ArrayRecordWriter(str(tmp), "group_size:1")
     bad = 0
     try:
-        for record, ok in pool.map(lambda p: _encoded(p, ch, max_side), paths):
+        for record, ok in ordered_map(pool, lambda p: _encoded(p, ch, max_side), paths):
             writer.write(record)
             bad += not ok
             bar.update(1)
