@@ -283,17 +283,22 @@ def test_folder_converts_grayscale_and_rgba(tmp_path):
     assert one.image(0).shape == (10, 12, 1)
 
 
-def test_folder_skips_corrupt_and_truncated_images_or_fails_under_strict(tmp_path):
+def test_folder_lists_without_decoding_and_check_data_names_the_unreadable(tmp_path):
+    """Listing reads no pixels (a broken file is found when a batch meets it, see
+    test_data_pipeline.py); check_data scans up front and names each broken file."""
+    from resnet_jax.data import check_data
+
     root = _folder(tmp_path)
     (root / "cat" / "corrupt.jpg").write_bytes(b"this is not a jpeg")
     good = (root / "dog" / "0.png").read_bytes()
     (root / "dog" / "truncated.png").write_bytes(good[: len(good) // 2])
-    with pytest.warns(UserWarning, match="skipped 2 unreadable image"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         data = image_folder(root)
-    assert len(data) == 6 and data.skipped == 2
-    assert not any(Path(p).stem in ("corrupt", "truncated") for p in data.paths)
-    with pytest.raises(DatasetError, match=r"2 unreadable image\(s\).*--strict.*corrupt.jpg"):
-        image_folder(root, strict=True)
+    assert len(data) == 8
+    report = check_data(root, progress=False)
+    assert not report.ok
+    assert sorted(Path(str(p)).name for p, _ in report.unreadable) == ["corrupt.jpg", "truncated.png"]
 
 
 def test_empty_class_folder_is_named(tmp_path):
