@@ -55,13 +55,13 @@ def _one_line(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run one command. A user's mistake prints one line and gives status 2; a failure to
     write or read a file (disk full, read-only, missing folder) one line naming the path
-    and the cause, status 1; Ctrl-C "interrupted", status 130."""
+    and the cause, status 1; Ctrl-C "interrupted", status 130 (SIGTERM, under ``run``:
+    "terminated", status 143)."""
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return _stopped()
     try:
         enable_compilation_cache()
         result = args.func(args)
@@ -74,14 +74,46 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resnet-jax {args.command}: error: {where}{cause}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return _stopped()
     return int(result or 0)
 
 
-def _exit_interrupted(signum, frame):
+_TERMINATED = []  # holds SIGTERM once ``run``'s handler has turned it into a KeyboardInterrupt
+
+
+def _stopped() -> int:
+    """The one line and the status of a run stopped by Ctrl-C (130) or SIGTERM (143)."""
+    if _TERMINATED:
+        print("terminated", file=sys.stderr, flush=True)
+        return 128 + signal.SIGTERM
     print("interrupted", file=sys.stderr, flush=True)
-    os._exit(130)
+    return 130
+
+
+def _exit_interrupted(signum, frame):
+    """Ctrl-C or SIGTERM while jax loads: end at once, nothing has been written."""
+    name, status = ("terminated", 143) if signum == signal.SIGTERM else ("interrupted", 130)
+    print(name, file=sys.stderr, flush=True)
+    os._exit(status)
+
+
+def _terminate_as_interrupt(signum, frame):
+    """SIGTERM once started: stop exactly as Ctrl-C does, through whatever handles SIGINT
+    now (``checkpoint.interrupts_deferred`` holds it until a save in progress has finished,
+    then the KeyboardInterrupt unwinds the run: loaders, checkpoints, lock), then status 143."""
+    _TERMINATED.append(signum)
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+        return
+    raise KeyboardInterrupt
+
+
+def _sigint_ignored_unless_terminated(signum, frame):
+    """Stands for an inherited SIG_IGN (a background job's SIGINT): Ctrl-C stays ignored,
+    but the SIGINT that ``interrupts_deferred`` re-raises for a SIGTERM after a save stops."""
+    if _TERMINATED:
+        raise KeyboardInterrupt
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -89,26 +121,29 @@ def run(argv: list[str] | None = None) -> int:
     ``train.py``, ``convert_weights.py``).
 
     It applies the CPU tuning (``xla_cpu.configure()``) and loads jax and flax first, with
-    Ctrl-C ending the process at once ("interrupted", status 130): a KeyboardInterrupt
-    raised inside their native extensions' start-up surfaces as an ImportError, or crashes
-    it. Then it freezes what they left (objects that live as long as the process), so no
-    later collection traverses them. ``main``, which other programs and the tests call
-    inside a process they keep, does none of this.
+    Ctrl-C ending the process at once ("interrupted", status 130; SIGTERM "terminated",
+    143): a KeyboardInterrupt raised inside their native extensions' start-up surfaces as an
+    ImportError, or crashes it. Then it freezes what they left (objects that live as long as
+    the process), so no later collection traverses them. From then on SIGTERM stops the
+    command as Ctrl-C does, with status 143. ``main``, which other programs and the tests
+    call inside a process they keep, does none of this.
     """
     previous = signal.signal(signal.SIGINT, _exit_interrupted)
+    signal.signal(signal.SIGTERM, _exit_interrupted)
     from . import xla_cpu
 
     xla_cpu.configure()  # the CPU tuning, before JAX starts
     import flax.linen  # noqa: F401
     import jax  # noqa: F401
 
-    signal.signal(signal.SIGINT, previous)
+    ignored = previous == signal.SIG_IGN
+    signal.signal(signal.SIGINT, _sigint_ignored_unless_terminated if ignored else previous)
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     gc.freeze()
     try:
         status = main(argv)
     except KeyboardInterrupt:  # between main's own handlers
-        print("interrupted", file=sys.stderr)
-        return 130
+        return _stopped()
     if status == 1:
         # A file-system failure, reported: writes of a failed save may still run on
         # background threads, and their own reports of it would follow that one line.

@@ -1,6 +1,6 @@
-"""Bad settings, busy or unwritable run directories and Ctrl-C: each ends in one clear
-line (status 2 for a mistake, 1 for the file system, 130 for Ctrl-C), before anything
-is written or with everything saved so far kept."""
+"""Bad settings, busy or unwritable run directories, Ctrl-C and SIGTERM: each ends in one
+clear line (status 2 for a mistake, 1 for the file system, 130 for Ctrl-C, 143 for
+SIGTERM), before anything is written or with everything saved so far kept."""
 
 from __future__ import annotations
 
@@ -255,6 +255,90 @@ def test_ctrl_c_during_imports_or_a_save_prints_no_traceback(tmp_path):
     assert late.stderr.strip().splitlines()[-1] == "interrupted"
     (step,) = [p for p in (tmp_path / "b").iterdir() if p.name.isdigit()]
     resnet_jax.checkpoint.load_step(step)
+
+
+def test_sigterm_during_imports_or_a_save_stops_as_ctrl_c_does_with_status_143(tmp_path):
+    early = _interrupted_python(SIGINT_AT_JAX_IMPORT.replace("SIGINT", "SIGTERM"),
+                                [str(REPO / "train.py"), *TINY_ARGS, "--output", "a"], tmp_path)
+    assert early.returncode == 143, early.stderr
+    assert early.stderr.strip() == "terminated"
+    assert not (tmp_path / "a").exists()
+    late = _interrupted_python(SIGINT_IN_SAVE.replace("SIGINT", "SIGTERM"),
+                               [str(REPO / "train.py"), *TINY_ARGS, "--output", "b"], tmp_path)
+    assert late.returncode == 143, late.stderr
+    assert "Traceback" not in late.stderr and "Event loop is closed" not in late.stderr
+    assert late.stderr.strip().splitlines()[-1] == "terminated"
+    (step,) = [p for p in (tmp_path / "b").iterdir() if p.name.isdigit()]  # the save finished
+    resnet_jax.checkpoint.load_step(step)
+
+
+def _descendants(pid: int) -> set[int]:
+    """The live processes below ``pid`` (psutil when installed, else a scan of /proc)."""
+    try:
+        import psutil
+
+        return {p.pid for p in psutil.Process(pid).children(recursive=True)}
+    except ImportError:
+        pass
+    except Exception:  # pid is gone
+        return set()
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {c for c, p in parents.items() if p in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_sigterm_mid_run_exits_143_keeps_the_last_checkpoint_and_resume_continues(tmp_path):
+    """``python train.py`` gets SIGTERM after its first checkpoint: one line, status 143, no
+    half-written step, no process left behind; the latest step loads and --resume ends the run."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RESNET_JAX_CACHE": str(tmp_path / "cache")}
+    args = [str(REPO / "train.py"), "--dataset", DATA, "--arch", "my_resnet", "--stage-widths", "8,16",
+            "--batch-size", "16", "--epochs", "40", "--checkpoint-every", "2", "--workers", "2",
+            "--no-progress", "--no-tensorboard", "--no-plots", "--output", "run"]
+    before = _descendants(os.getpid())
+    proc = subprocess.Popen([sys.executable, *args], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    run, deadline, below = tmp_path / "run", time.time() + 240, set()
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if run.is_dir() and any(p.name.isdigit() for p in run.iterdir()):
+                below = _descendants(proc.pid)
+                proc.send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.02)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "terminated" and "Traceback" not in err, err
+    assert not [p for p in run.iterdir() if "tmp" in p.name], list(run.iterdir())
+    assert not [pid for pid in below if _alive(pid)]
+    assert not [pid for pid in _descendants(os.getpid()) - before if _alive(pid)]
+    steps = sorted(int(p.name) for p in run.iterdir() if p.name.isdigit())
+    total = int(err.split(" steps on ")[0].rsplit(" ", 1)[1])
+    assert steps and steps[-1] < total  # stopped mid-run
+    resnet_jax.load(run)  # the latest step, whole: its checksum holds
+    resumed = subprocess.run([sys.executable, *args, "--resume"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed at step {steps[-1]}" in resumed.stderr
+    assert max(int(p.name) for p in run.iterdir() if p.name.isdigit()) == total
 
 
 @pytest.mark.parametrize("batch", ["0", "-1"])
