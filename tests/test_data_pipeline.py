@@ -297,3 +297,34 @@ def test_check_data_and_pack_commands(tmp_path, capsys):
     assert main(["pack", str(root), str(tmp_path / "p"), "--no-progress"]) == 2
     assert "already holds a pack" in capsys.readouterr().err
     assert main(["check-data", str(tmp_path / "missing")]) == 2
+
+
+def test_a_closed_iterator_leaves_no_decoding_thread(tmp_path):
+    """What a run stopped by Ctrl-C or SIGTERM does to its loader (``close`` with batches
+    still being built): its worker threads end; nothing is left running."""
+    import threading
+    import time
+
+    data = image_folder(_folder(tmp_path / "set", broken=()))
+    with Loader(data, 4, train=True, seed=0, workers=3, prefetch=6).iterator() as it:
+        next(it)
+        assert any(t.name.startswith("resnet-jax-data") for t in threading.enumerate())
+    deadline = time.time() + 30
+    while time.time() < deadline and any(t.name.startswith("resnet-jax-data") for t in threading.enumerate()):
+        time.sleep(0.05)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("resnet-jax-data")]
+
+
+def test_a_folder_of_hard_links_lists_every_link_without_decoding(tmp_path, monkeypatch):
+    """benchmarks.bench_startup's large folders: N links to a few JPEGs, 100 classes."""
+    from benchmarks.bench_startup import link_folder
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 10, 3), 40 * i, np.uint8)).save(src / f"{i}.jpg")
+    assert link_folder(src, tmp_path / "big", 250) == 250
+    assert link_folder(src, tmp_path / "big", 250) == 0  # restartable
+    monkeypatch.setattr(Image, "open", lambda *a, **k: pytest.fail("an image was opened while listing"))
+    data = image_folder(tmp_path / "big")
+    assert len(data) == 250 and len(data.class_names) == 100
