@@ -97,6 +97,7 @@ def save(directory, model: nn.Module, variables, *, arch: str | None = None,
         raise FileExistsError(f"{directory} already exists; pass overwrite=True to replace it")
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    placed = False
     try:
         target = staging / "checkpoint"
         try:
@@ -117,8 +118,11 @@ def save(directory, model: nn.Module, variables, *, arch: str | None = None,
         except BaseException:
             _put_back(staging / "previous", directory)
             raise
+        placed = True
     finally:
-        if not _holds_files(staging / "previous"):  # never delete a model not put back
+        # The replaced model goes once the new one is in place; after a failure, a model
+        # moved aside and not put back is never deleted.
+        if placed or not _holds_files(staging / "previous"):
             shutil.rmtree(staging, ignore_errors=True)
     return directory
 

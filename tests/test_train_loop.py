@@ -535,7 +535,8 @@ def test_fetched_metrics_stop_at_the_first_non_finite_step_and_log_those_before(
                           cfg=SimpleNamespace(batch_size=8))
     bar = SimpleNamespace(update=lambda n: None, set_postfix=lambda **kw: None)
     logs = MetricLog(tmp_path, tensorboard=False)
-    metrics = _Metrics(run, logs, bar, SimpleNamespace(last_good=4))
+    skips = SimpleNamespace(count=lambda: 0, report=lambda: None)
+    metrics = _Metrics(run, logs, bar, SimpleNamespace(last_good=4), skips)
     for step, loss in [(5, 1.0), (6, 0.5), (7, float("nan")), (8, float("inf"))]:
         metrics.add(step, {"loss": jax.numpy.float32(loss), "grad_norm": jax.numpy.float32(1.0)})
     with pytest.raises(TrainingDiverged, match=r"loss became nan at step 7 \(epoch 2\).*step 4, is kept"):
