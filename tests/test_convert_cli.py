@@ -342,6 +342,7 @@ def test_ctrl_c_during_convert_leaves_no_claimed_out(tmp_path, small, capsys, mo
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_two_concurrent_converts_to_one_out_never_mix(tmp_path, small):
     """Real processes: of two converts started together, one writes the model and the
     other gets a one-line error (status 2); no staging folder is left behind."""

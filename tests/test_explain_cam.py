@@ -40,7 +40,7 @@ def _reference(cls, tv, layer, x, targets=None):
         return cam(nchw(x), targets=t)
 
 
-@pytest.mark.parametrize("layer", ["layer4", "layer2"])
+@pytest.mark.parametrize("layer", ["layer4", pytest.param("layer2", marks=pytest.mark.slow)])
 def test_gradcam_and_plusplus_match_pytorch_grad_cam(ported, layer):
     tv, model, variables = ported
     rng = np.random.default_rng(1)
@@ -59,6 +59,7 @@ def test_gradcam_and_plusplus_match_pytorch_grad_cam(ported, layer):
             assert err <= TOL, (method, layer, targets, err)
 
 
+@pytest.mark.slow  # the guided ReLU field is also held by test_the_relu_variant_is_part_of_the_compiled_program
 def test_guided_backprop_matches_pytorch_grad_cam(ported):
     tv, model, variables = ported
     rng = np.random.default_rng(2)
@@ -97,6 +98,7 @@ def patch_model():
     return model, variables
 
 
+@pytest.mark.slow
 def test_localization_on_synthetic_patches(patch_model):
     model, variables = patch_model
     x, y, boxes = testing.patch_task(400, size=24, patch=6, seed=123)
@@ -138,6 +140,7 @@ def test_saliency_methods_against_jax_references(patch_model, rng):
         assert maps.min() >= 0.0 and maps.max() <= 1.0 + 1e-6
 
 
+@pytest.mark.slow
 def test_faithfulness_prefers_gradcam_to_its_inverse(patch_model):
     model, variables = patch_model
     x, y, _ = testing.patch_task(64, size=24, patch=6, seed=7)

@@ -259,6 +259,7 @@ def test_visualize_refuses_options_out_of_range(saved_digit_model, tmp_path, cap
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_visualize_with_padding_transforms_or_another_size_works_or_says_why(
         saved_digit_model, tmp_path, capsys):
     out = tmp_path / "g.png"

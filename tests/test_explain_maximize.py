@@ -40,6 +40,13 @@ def digits_model():
 
 
 @pytest.fixture(scope="module")
+def fresh_digit_cnn():
+    """An untrained digit CNN: enough where only the program's shape or the errors matter."""
+    model = resnet_jax.create_model("digit_cnn")
+    return model, resnet_jax.init_variables(model, 0)
+
+
+@pytest.fixture(scope="module")
 def units(digits_model):
     """The course's pictures: the first 16 conv2 filters (a^k = sum_ij a^k_ij) and the first
     9 neurons of the dense layer that respond to some digit (training can leave a unit dead
@@ -72,6 +79,7 @@ def optimized(digits_model, units):
     return images, values
 
 
+@pytest.mark.slow  # trains a digit CNN (make test-slow)
 def test_each_optimized_input_beats_every_real_image(digits_model, units, optimized):
     model, variables, x_test = digits_model
     images, _ = optimized
@@ -87,6 +95,7 @@ def test_each_optimized_input_beats_every_real_image(digits_model, units, optimi
             start += 1
 
 
+@pytest.mark.slow
 def test_l1_penalty_removes_most_ink(digits_model, optimized):
     images, values = optimized
     plain, sparse = images[-20:-10], images[-10:]
@@ -208,8 +217,8 @@ def test_a_models_act_field_carries_the_redirected_relu():
                                redirected, rtol=1e-5, atol=1e-6)
 
 
-def test_optimization_loop_is_one_compiled_scan(digits_model):
-    model, variables, _ = digits_model
+def test_optimization_loop_is_one_compiled_scan(fresh_digit_cnn):
+    model, variables = fresh_digit_cnn
     obj = O.class_logit(range(10))
     sizes = []
     for steps in (20, 400):
@@ -221,8 +230,8 @@ def test_optimization_loop_is_one_compiled_scan(digits_model):
     assert abs(sizes[0] - sizes[1]) < 50  # the program does not grow with the steps
 
 
-def test_maximize_rejects_bad_objectives(digits_model):
-    model, variables, _ = digits_model
+def test_maximize_rejects_bad_objectives(fresh_digit_cnn):
+    model, variables = fresh_digit_cnn
     with pytest.raises(ResNetJaxError, match="valid layer names: conv1, pool1, conv2"):
         maximize(model, variables, O.channel("layer4", 0), steps=2)
     with pytest.raises(ResNetJaxError, match="out of range"):

@@ -104,7 +104,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_statistics(rng):
     assert rel_err(eval_logits, ref) < 5e-2  # bf16 has 8 bits of mantissa
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("arch", ["resnet18", pytest.param("resnet50", marks=pytest.mark.slow)])
 def test_train_mode_gradients_match_torchvision(arch):
     """Weight gradients of a train-mode cross-entropy loss, traced with the train step's
     gradient rules (``ops.cpu_fast``), against torchvision's in float64.

@@ -91,6 +91,7 @@ def test_trained_model_is_seen_alike_by_predict_gradcam_and_evaluate(trained_run
     assert all(Path(r[2]).is_file() for r in rows)
 
 
+@pytest.mark.slow
 def test_l1_prior_pulls_pixels_to_the_models_no_ink(trained_run, tmp_path, capsys):
     rc = main(["visualize", "--weights", str(trained_run), "--class", "0-9",
                "--l1", "0.1", "--steps", "100", "--out", str(tmp_path / "l1.png")])
