@@ -4,7 +4,7 @@
     python -m benchmarks.bench_startup links /tmp/il-src /tmp/il-50k --n 50000
     python -m benchmarks.bench_startup links /tmp/il-src /tmp/il-2k --n 2000
     python -m benchmarks.bench_startup memory /tmp/il-2k /tmp/il-50k
-    python -m benchmarks.bench_startup startup /tmp/il-50k [--base /tmp/base_main]
+    python -m benchmarks.bench_startup startup /tmp/il-50k [--base /tmp/base_main] [--warm /tmp/il-2k]
 
 ``links`` makes a folder of N listed images in 100 class folders, each a hard link to one
 of a few generated JPEGs (listing reads no pixels, so only the count of files matters;
@@ -18,7 +18,9 @@ the 50,000-image folders differ by less than 50 MB.
 ``startup`` times ``python train.py --dataset FOLDER`` (a small ResNet, 32 pixels) from the
 command to its first training step (the first ``train`` record in ``metrics.jsonl``), then
 stops the run; with ``--base DIR`` the same command from a checkout of another commit
-(``PYTHONPATH=DIR``), alternating, ``--repeats`` times each. Target: under 10% of the base.
+(``PYTHONPATH=DIR``), alternating, ``--repeats`` times each. Each row compiles cold (a new
+compilation cache), or with ``--warm SMALL_FOLDER`` from a cache that an untimed run on
+that folder (same classes, same program) filled. Target: under 10% of the base.
 Nothing is timed in the tests; note the machine's load with the figures.
 """
 
@@ -82,15 +84,16 @@ def memory(folder) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _first_step_seconds(folder, checkout: Path, timeout: float) -> float:
+def _first_step_seconds(folder, checkout: Path, timeout: float, cache: Path | None = None) -> float:
     """Seconds from starting ``train.py`` of ``checkout`` on ``folder`` to its first logged
-    training step; the run is then stopped."""
+    training step; the run is then stopped. ``cache``: the persistent compilation cache
+    (default: a new, empty one)."""
     run_dir = Path(tempfile.mkdtemp(prefix="bench-startup-"))
     args = [sys.executable, str(checkout / "train.py"), "--dataset", str(folder), "--arch", "my_resnet",
             "--stage-widths", "8,16", "--image-size", "32", "--batch-size", "16", "--max-steps", "5",
             "--workers", "2", "--no-progress", "--no-tensorboard", "--no-plots",
             "--output", str(run_dir / "run")]
-    env = {**os.environ, "PYTHONPATH": str(checkout), "RESNET_JAX_CACHE": str(run_dir / "cache")}
+    env = {**os.environ, "PYTHONPATH": str(checkout), "RESNET_JAX_CACHE": str(cache or run_dir / "cache")}
     metrics = run_dir / "run" / "metrics.jsonl"
     t0 = time.perf_counter()
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -112,13 +115,25 @@ def _first_step_seconds(folder, checkout: Path, timeout: float) -> float:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def startup(folder, base: str | None, repeats: int, timeout: float) -> list[tuple[str, float]]:
+def startup(folder, base: str | None, repeats: int, timeout: float, warm: str | None = None):
+    """Rows (checkout, seconds); with ``warm`` (a small folder with the same classes), each
+    checkout's compilation cache is filled by an untimed run on it first."""
+    checkouts = [("this", REPO)] + ([("base", Path(base))] if base else [])
+    caches = {name: None for name, _ in checkouts}
+    if warm:
+        for name, checkout in checkouts:
+            caches[name] = Path(tempfile.mkdtemp(prefix=f"bench-startup-cache-{name}-"))
+            _first_step_seconds(warm, checkout, timeout, caches[name])
     rows = []
     for _ in range(repeats):
-        for name, checkout in [("this", REPO)] + ([("base", Path(base))] if base else []):
-            seconds = _first_step_seconds(folder, checkout, timeout)
+        for name, checkout in checkouts:
+            seconds = _first_step_seconds(folder, checkout, timeout, caches[name])
             rows.append((name, seconds))
-            print(f"{name:5s} {seconds:8.1f} s to the first step", flush=True)
+            print(f"{name:5s} {seconds:8.1f} s to the first step"
+                  f" ({'warm' if warm else 'cold'} compilation cache)", flush=True)
+    for cache in caches.values():
+        if cache:
+            shutil.rmtree(cache, ignore_errors=True)
     return rows
 
 
@@ -137,6 +152,9 @@ def main(argv=None) -> int:
     st.add_argument("--base", help="a checkout of another commit, timed alternately")
     st.add_argument("--repeats", type=int, default=1)
     st.add_argument("--timeout", type=float, default=1800, help="seconds before a row gives up")
+    st.add_argument("--warm", metavar="SMALL_FOLDER",
+                    help="fill each checkout's compilation cache by an untimed run on this folder "
+                         "(same classes) first; default: every row compiles cold")
     args = p.parse_args(argv)
     if args.what == "links":
         print(f"{link_folder(args.src, args.out, args.n, args.classes)} links made in {args.out}")
@@ -149,7 +167,7 @@ def main(argv=None) -> int:
             print(f"difference, largest - smallest folder: {rows[-1]['rss_mb'] - rows[0]['rss_mb']:+.1f} MB RSS, "
                   f"{rows[-1]['peak_mb'] - rows[0]['peak_mb']:+.1f} MB peak")
     else:
-        startup(args.folder, args.base, args.repeats, args.timeout)
+        startup(args.folder, args.base, args.repeats, args.timeout, args.warm)
     return 0
 
 
