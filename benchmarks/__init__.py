@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 # Sections written by their own scripts, kept when benchmarks/run.py rewrites the rest.
-OWNED_SECTIONS = ("Explain", "GPU")
+OWNED_SECTIONS = ("Explain", "GPU", "Input pipeline (CPU)")
 
 
 def _pattern(heading: str) -> re.Pattern:

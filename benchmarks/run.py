@@ -291,7 +291,7 @@ def _compile_section(res: dict, args) -> list[str]:
     return L
 
 def write(path: Path, text: str):
-    """Replace everything but the sections other scripts own (Explain, GPU)."""
+    """Replace everything but the sections other scripts own (``OWNED_SECTIONS``)."""
     kept = owned_sections(path)
     path.write_text(text.rstrip() + "\n\n" + kept if kept else text.rstrip() + "\n")
 
