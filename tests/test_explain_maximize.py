@@ -107,9 +107,10 @@ def test_l1_penalty_removes_most_ink(digits_model, optimized):
 
 
 def test_objectives_compose_as_pure_functions():
-    key = jax.random.key(0)
-    acts = {"conv": jax.random.normal(key, (3, 5, 5, 4)), "dense": jnp.arange(12.0).reshape(3, 4)}
-    x = jax.random.uniform(key, (3, 6, 6, 1))
+    draw = np.random.default_rng(0)  # numpy: XLA:CPU compiles some jax.random shapes slowly
+    acts = {"conv": jnp.asarray(draw.standard_normal((3, 5, 5, 4), dtype=np.float32)),
+            "dense": jnp.arange(12.0).reshape(3, 4)}
+    x = jnp.asarray(draw.uniform(size=(3, 6, 6, 1)).astype(np.float32))
     obj = 2.0 * O.channel("conv", [0, 1, 3]) - 0.5 * O.l1() + O.neuron("dense", 2) / 4 - 1.0
     got = obj(acts, x)
     sums = np.asarray(acts["conv"]).sum((1, 2))

@@ -21,6 +21,13 @@ import pytest
 import resnet_jax
 from resnet_jax import ops
 
+
+def _normal(seed: int, shape) -> jnp.ndarray:
+    """Standard normal test inputs drawn by numpy: XLA:CPU compiles some shapes of
+    ``jax.random.normal`` for many seconds (a (3, 3, 8, 12) draw: 18 s)."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(tuple(shape), dtype=np.float32))
+
+
 MODELS = Path(resnet_jax.__file__).parent / "models"
 
 
@@ -61,7 +68,7 @@ def test_models_import_only_jax_flax_numpy_and_the_error_types():
 def _digit_model_and_batch():
     model = resnet_jax.create_model("digit_cnn")
     variables = resnet_jax.init_variables(model, 0)
-    x = jax.random.normal(jax.random.key(1), (2, 28, 28, 1))
+    x = _normal(1, (2, 28, 28, 1))
     return model, variables, x
 
 
@@ -105,8 +112,8 @@ def test_the_barrier_survives_xla_cpu_optimisation():
     function. If a future XLA folds it away, the kernel gradients and ReLU masks lose the
     boundary that keeps BatchNorm and ReLU from being recomputed in a strided transpose:
     this test fails before the speed does."""
-    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
-    w = jax.random.normal(jax.random.key(1), (3, 3, 4, 8))
+    x = _normal(0, (2, 8, 8, 4))
+    w = _normal(1, (3, 3, 4, 8))
 
     def kernel_grad(x, w):
         def loss(w):
@@ -126,13 +133,19 @@ def test_the_barrier_survives_xla_cpu_optimisation():
 # --------------------------------------------------------------- ops' gradients = lax's
 
 
+def _jit_grad(loss):
+    """The gradient of ``loss(conv, x, w)`` in x and w, compiled once per conv (op by op, each
+    of the rules' small ops would compile on its own)."""
+    return jax.jit(jax.grad(loss, (1, 2)), static_argnums=0)
+
+
 @pytest.mark.parametrize("stride,pad,kernel,groups,hw", [
     (1, 1, 3, 1, 9), (2, 1, 3, 1, 9), (2, 1, 3, 1, 8), (2, 3, 7, 1, 13), (2, 0, 1, 1, 9),
     (1, 1, 3, 4, 8), (2, 1, 3, 2, 7), (1, "VALID", 3, 1, 10), (2, "SAME", 3, 1, 8),
 ])
 def test_ops_convolution_gradients_equal_lax(stride, pad, kernel, groups, hw):
-    x = jax.random.normal(jax.random.key(0), (2, hw, hw + 1, 8))
-    w = jax.random.normal(jax.random.key(1), (kernel, kernel, 8 // groups, 12))
+    x = _normal(0, (2, hw, hw + 1, 8))
+    w = _normal(1, (kernel, kernel, 8 // groups, 12))
     padding = pad if isinstance(pad, str) else ((pad, pad), (pad, pad))
     dn = ("NHWC", "HWIO", "NHWC")
 
@@ -140,9 +153,9 @@ def test_ops_convolution_gradients_equal_lax(stride, pad, kernel, groups, hw):
         y = conv(x, w, (stride, stride), padding, dimension_numbers=dn, feature_group_count=groups)
         return jnp.sum(jnp.sin(y))
 
-    want = jax.grad(loss, (1, 2))(jax.lax.conv_general_dilated, x, w)
+    want = _jit_grad(loss)(jax.lax.conv_general_dilated, x, w)
     jaxpr = str(jax.make_jaxpr(lambda x, w: loss(ops.conv_general_dilated, x, w))(x, w))
-    got = jax.grad(loss, (1, 2))(ops.conv_general_dilated, x, w)
+    got = _jit_grad(loss)(ops.conv_general_dilated, x, w)
     assert "custom_vjp_call" in jaxpr  # the op's own rule was used
     for g, r in zip(got, want):
         assert g.shape == r.shape
@@ -159,16 +172,16 @@ def test_ops_convolution_gradients_equal_lax(stride, pad, kernel, groups, hw):
     ((2, 11, 13, 16), 3, 2, 1, 5),    # odd sizes, many channels: lax's dilated form
 ])
 def test_ops_strided_input_gradients_equal_lax(shape, kernel, stride, pad, out):
-    x = jax.random.normal(jax.random.key(2), shape)
-    w = jax.random.normal(jax.random.key(3), (kernel, kernel, shape[-1], out))
+    x = _normal(2, shape)
+    w = _normal(3, (kernel, kernel, shape[-1], out))
     padding = ((pad, pad), (pad, pad))
 
     def loss(conv, x, w):
         y = conv(x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return jnp.sum(jnp.sin(y))
 
-    want = jax.grad(loss, (1, 2))(jax.lax.conv_general_dilated, x, w)
-    got = jax.grad(loss, (1, 2))(ops.conv_general_dilated, x, w)
+    want = _jit_grad(loss)(jax.lax.conv_general_dilated, x, w)
+    got = _jit_grad(loss)(ops.conv_general_dilated, x, w)
     for g, r in zip(got, want):
         scale = float(jnp.abs(r).max())
         np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=0, atol=1e-5 * scale)
@@ -183,14 +196,14 @@ def test_ops_max_pool_gradient_equals_torch_and_lax_on_ties(shape, window, strid
     goes to each window's first maximum, as in torch and XLA's select-and-scatter."""
     import torch
 
-    x = jnp.maximum(jax.random.normal(jax.random.key(4), shape), 0.0)
+    x = jnp.maximum(_normal(4, shape), 0.0)
     padding = ((pad, pad), (pad, pad))
 
     def pooled(x):
         return ops.max_pool(x, (window, window), strides=(stride, stride), padding=padding)
 
     y, vjp = jax.vjp(pooled, x)
-    g = jax.random.normal(jax.random.key(5), y.shape)
+    g = _normal(5, y.shape)
     (dx,) = vjp(g)
     assert "custom_vjp_call" in str(jax.make_jaxpr(pooled)(x))
     xt = torch.tensor(np.asarray(x).transpose(0, 3, 1, 2), requires_grad=True)
@@ -209,9 +222,9 @@ def test_ops_relu_gradient_equals_flax_relu():
     """ops.relu masks its gradient by its stored output; values and gradients are flax's,
     at exact zeros (gradient 0), -0.0 and NaN too; and a CPU-fast model's input gradient
     equals the plain model's."""
-    x = jax.random.normal(jax.random.key(7), (2, 6, 6, 5))
+    x = _normal(7, (2, 6, 6, 5))
     x = x.at[0, 0, 0].set(0.0).at[0, 0, 1].set(-0.0).at[1, 2, 3, 4].set(jnp.nan)
-    g = jax.random.normal(jax.random.key(8), x.shape)
+    g = _normal(8, x.shape)
     y_want, vjp_want = jax.vjp(nn.relu, x)
     y, vjp = jax.vjp(ops.relu, x)
     assert "custom_vjp_call" in str(jax.make_jaxpr(ops.relu)(x))
@@ -221,7 +234,7 @@ def test_ops_relu_gradient_equals_flax_relu():
     assert float(dx[0, 0, 0, 0]) == 0.0 and float(dx[1, 2, 3, 4]) == 0.0
     model = resnet_jax.create_model("resnet18", num_classes=4)
     variables = resnet_jax.init_variables(model, jax.random.key(0), 64)
-    images = jax.random.normal(jax.random.key(9), (2, 64, 64, 3))
+    images = _normal(9, (2, 64, 64, 3))
 
     def score(m, images):
         return jnp.sum(m.apply(variables, images, train=False)[:, 1])
@@ -241,7 +254,7 @@ def test_cpu_fast_gradients_in_a_scan_are_canonical_and_equal():
     convolutions whose kernel is larger than their input.)"""
     plain = resnet_jax.create_model("resnet18", num_classes=5)
     variables = resnet_jax.init_variables(plain, jax.random.key(0))
-    x = jax.random.normal(jax.random.key(1), (1, 96, 96, 3))
+    x = _normal(1, (1, 96, 96, 3))
 
     def grads(model, params, x):
         def loss(params, x):
