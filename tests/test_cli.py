@@ -95,6 +95,7 @@ def test_convert_torchvision_weights_from_populated_cache(tmp_path, torch_home, 
     assert code == 2 and "IMAGENET1K_V1" in err and not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_convert_file_with_new_head(tmp_path, capsys):
     tv = torchvision_model("resnet34", seed=3)
     torch.save(tv.state_dict(), tmp_path / "w.pth")

@@ -186,6 +186,7 @@ def small(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_overwrite_never_replaces_a_folder_that_is_not_a_saved_model(tmp_path, small, capsys):
     out = tmp_path / "out"
     (out / "notes").mkdir(parents=True)

@@ -245,6 +245,7 @@ def test_packing_refuses_to_overwrite_and_restarts_after_an_interruption(tmp_pat
                                                                   "val-00000-of-00001.array_record"]
 
 
+@pytest.mark.slow
 def test_training_on_a_pack_matches_training_on_its_folder(tmp_path):
     from resnet_jax.data import pack
     from resnet_jax.train import TrainConfig, train

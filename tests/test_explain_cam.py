@@ -111,6 +111,7 @@ def test_localization_on_synthetic_patches(patch_model):
     assert inside >= 0.95, inside
 
 
+@pytest.mark.slow
 def test_saliency_methods_against_jax_references(patch_model, rng):
     model, variables = patch_model
     x, y, _ = testing.patch_task(6, size=24, patch=6, seed=int(rng.integers(1 << 30)))
@@ -172,6 +173,7 @@ def test_the_relu_variant_is_part_of_the_compiled_program(rng):
     assert np.abs(guided - plain).max() > 0.1
 
 
+@pytest.mark.slow
 def test_explanation_reports_targets_and_scores(patch_model):
     model, variables = patch_model
     x, _, _ = testing.patch_task(4, size=24, patch=6, seed=3)

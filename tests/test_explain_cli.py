@@ -47,6 +47,7 @@ def test_class_index_out_of_range(small_resnet, rng):
         gradcam(model, variables, x, targets=[0, 1, 1], layer="layer2")
 
 
+@pytest.mark.slow
 def test_grayscale_and_any_size_are_converted(small_resnet, rng):
     model, variables = small_resnet
     gray = rng.random((32, 32), np.float32)

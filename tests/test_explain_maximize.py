@@ -242,6 +242,7 @@ def test_maximize_rejects_bad_objectives(fresh_digit_cnn):
 # --------------------------------------------------------------------------- stored normalisation
 
 
+@pytest.mark.slow
 def test_units_that_never_activate_are_marked_dead(tmp_path, capsys):
     from resnet_jax.cli import main
 

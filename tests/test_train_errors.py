@@ -304,6 +304,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.slow
 def test_sigterm_mid_run_exits_143_keeps_the_last_checkpoint_and_resume_continues(tmp_path):
     """``python train.py`` gets SIGTERM after its first checkpoint: one line, status 143, no
     half-written step, no process left behind; the latest step loads and --resume ends the run."""

@@ -449,6 +449,7 @@ def test_unreadable_image_is_reported_once(tmp_path, capsys):
     assert len(reports) == 1 and "skipped 1 unreadable image(s)" in reports[0] and "broken.png" in reports[0]
 
 
+@pytest.mark.slow
 def test_digit_cnn_without_batchnorm_trains_loads_evaluates_and_resumes(tmp_path, capsys):
     out = tmp_path / "cnn"
     args = ["--dataset", "synthetic:classes=3,size=28,n=48,channels=1", "--arch", "digit_cnn",
