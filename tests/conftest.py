@@ -91,3 +91,12 @@ def rng(request):
     request.node.add_report_section(
         "setup", "rng seed", f"np.random.default_rng({seed}) (RESNET_JAX_TEST_SEED={seed[1]})")
     return np.random.default_rng(seed)
+
+
+def run_python(code: str) -> None:
+    """Run ``code`` in a fresh interpreter (imports start from nothing); fail with its stderr."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

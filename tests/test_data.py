@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_python
 from PIL import Image
 
 from resnet_jax.data import (
@@ -44,16 +45,12 @@ def test_digits_equal_sklearns_load_digits():
 
 
 def test_digits_csv_is_read_without_importing_sklearn():
-    import subprocess
-    import sys
-
     code = ("import sys\n"
             "from resnet_jax.data.datasets import load_digits_arrays\n"
             "images, labels = load_digits_arrays()\n"
             "assert images.shape == (1797, 8, 8) and labels.shape == (1797,)\n"
             "assert 'sklearn' not in sys.modules, 'scikit-learn was imported'\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    run_python(code)
 
 
 @pytest.mark.parametrize("csv", ["missing", "damaged", "other shape"])

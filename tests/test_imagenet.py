@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import skimage.data
 import torchvision
+from conftest import run_python
 from PIL import Image
 
 from resnet_jax import imagenet
@@ -75,16 +76,12 @@ def test_class_names_are_torchvisions():
 def test_one_imagenet_mean_and_std_whichever_module_loads_first(first):
     """resnet_jax.data's default preprocessing takes imagenet's MEAN and STD (one source),
     and the two modules import in either order (each needs the other)."""
-    import subprocess
-    import sys
-
     code = (f"import {first}\n"
             "from resnet_jax import imagenet\n"
             "from resnet_jax.data import Preprocess\n"
             "p = Preprocess(224)\n"
             "assert p.mean is imagenet.MEAN and p.std is imagenet.STD, (p.mean, p.std)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    run_python(code)
     # the values themselves are torchvision's preset's
     preset = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()
     assert tuple(preset.mean) == imagenet.MEAN and tuple(preset.std) == imagenet.STD
