@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PINS)
 	$(BIN)/pip install -q -e '.[torch,test]'
+	$(BIN)/pip install -q --no-deps torch-lucent==0.1.8
 	touch $@
 
 setup: $(VENV)/.installed

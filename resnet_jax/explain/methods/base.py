@@ -14,6 +14,8 @@ channels (``reduce``) and scales each map to [0, 1].
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -31,6 +33,26 @@ class Method:
         raise NotImplementedError
 
 
+@dataclasses.dataclass(frozen=True)
+class LayerPass:
+    """What one forward pass and one batched backward pass through ``layer`` give a CAM
+    method, plus what a forward-only method needs to run the model again.
+
+    acts (B, h, w, K); grads (T, B, h, w, K) of each target score; logits (B, classes);
+    t (B, T) resolved targets; cotangents (T, B, classes) the scores' gradients w.r.t. the
+    logits; model/variables/x/layer as the caller gave them."""
+
+    model: object
+    variables: dict
+    x: jax.Array
+    layer: str
+    logits: jax.Array
+    t: jax.Array
+    cotangents: jax.Array
+    acts: jax.Array
+    grads: jax.Array
+
+
 class CAMMethod(Method):
     uses_layer = True
 
@@ -38,23 +60,33 @@ class CAMMethod(Method):
         """(T, B, K) channel weights from acts (B, h, w, K) and grads (T, B, h, w, K)."""
         raise NotImplementedError
 
+    def pass_weights(self, p: LayerPass):
+        """(T, B, K) channel weights from a whole layer pass; methods that run the model
+        again (ScoreCAM, AblationCAM) override this instead of ``weights``."""
+        return self.weights(p.acts, p.grads)
+
     def raw_cam(self, acts, grads):
         """(T, B, h, w) before ReLU: sum_k w_k A^k."""
         w = self.weights(acts, grads)
         return jnp.einsum("tbk,bhwk->tbhw", w, acts)
 
-    def layer_pass(self, model, variables, x, targets, layer):
+    def pass_cam(self, p: LayerPass):
+        """(T, B, h, w) before ReLU from a whole layer pass."""
+        if type(self).raw_cam is not CAMMethod.raw_cam:
+            return self.raw_cam(p.acts, p.grads)
+        return jnp.einsum("tbk,bhwk->tbhw", self.pass_weights(p), p.acts)
+
+    def layer_pass(self, model, variables, x, targets, layer) -> LayerPass:
         shape = layer_shapes(model, variables, x.shape)[layer]
         logits, acts, pull = layer_vjp(model, variables, x, layer, shape)
         t = resolve_targets(logits, targets)
         ct = one_hot_cotangents(t, logits.shape[-1], logits.dtype)
         grads = jax.vmap(pull)(ct)
-        return logits, t, acts, grads
+        return LayerPass(model, variables, x, layer, logits, t, ct, acts, grads)
 
     def compute(self, model, variables, x, targets, *, layer=None, key=None, **options):
-        logits, t, acts, grads = self.layer_pass(model, variables, x, targets, layer)
-        cam = self.raw_cam(acts, grads)
-        return logits, t, finish_cam(cam, x.shape[1:3])
+        p = self.layer_pass(model, variables, x, targets, layer)
+        return p.logits, p.t, finish_cam(self.pass_cam(p), x.shape[1:3])
 
 
 class AttributionMethod(Method):
