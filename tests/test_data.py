@@ -187,7 +187,7 @@ def _batches(loader, state=None, n=5):
 
 def test_loader_is_deterministic_per_seed_and_resumes_mid_epoch():
     data = synthetic(num_classes=3, size=8, n=50)
-    mk = lambda seed: Loader(data, 8, train=True, seed=seed, workers=3, prefetch=3)  # noqa: E731
+    mk = lambda seed: Loader(data, 8, train=True, seed=seed, threads=3, prefetch=3)  # noqa: E731
     a, _ = _batches(mk(0), n=14)  # 6 batches an epoch: crosses two epoch boundaries
     b, _ = _batches(mk(0), n=14)
     c, _ = _batches(mk(1), n=14)

@@ -35,7 +35,7 @@ def test_listing_a_folder_reads_no_pixels(tmp_path, monkeypatch):
 def test_an_unreadable_image_is_skipped_mid_epoch_and_the_batches_stay_deterministic(tmp_path):
     data = image_folder(_folder(tmp_path / "set"))
     broken = str(tmp_path / "set" / "a" / "3.png")
-    mk = lambda workers: Loader(data, 4, train=True, seed=3, workers=workers, prefetch=2)  # noqa: E731
+    mk = lambda threads: Loader(data, 4, train=True, seed=3, threads=threads, prefetch=2)  # noqa: E731
     one, two = mk(1), mk(3)
     a, _ = _epochs(one, n=9)  # three epochs of three batches: the broken image is met in each
     b, _ = _epochs(two, n=9)
@@ -274,7 +274,7 @@ def test_a_run_on_a_folder_or_a_pack_resumes_with_the_same_losses(tmp_path, pack
         pack(tmp_path / "set", root, max_side=64, progress=False)
     cfg = dict(dataset=str(root), arch="my_resnet", model_options={"stage_widths": [8, 16]},
                image_size=16, batch_size=4, epochs=2, progress=False, tensorboard=False, plots=False,
-               workers=3)
+               threads=3)
 
     def losses(run):
         records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -308,7 +308,7 @@ def test_a_closed_iterator_leaves_no_decoding_thread(tmp_path):
     import time
 
     data = image_folder(_folder(tmp_path / "set", broken=()))
-    with Loader(data, 4, train=True, seed=0, workers=3, prefetch=6).iterator() as it:
+    with Loader(data, 4, train=True, seed=0, threads=3, prefetch=6).iterator() as it:
         next(it)
         assert any(t.name.startswith("resnet-jax-data") for t in threading.enumerate())
     deadline = time.time() + 30
@@ -330,3 +330,171 @@ def test_a_folder_of_hard_links_lists_every_link_without_decoding(tmp_path, monk
     monkeypatch.setattr(Image, "open", lambda *a, **k: pytest.fail("an image was opened while listing"))
     data = image_folder(tmp_path / "big")
     assert len(data) == 250 and len(data.class_names) == 100
+
+
+# ----------------------------------------------------------------------------- worker processes
+
+
+def _worker_children() -> list:
+    """The worker processes this process has started and not yet joined."""
+    import multiprocessing
+
+    return [p for p in multiprocessing.active_children() if "prefetch" in p.name]
+
+
+def test_worker_processes_build_the_threads_batches_for_each_host_and_resume_mid_epoch(tmp_path):
+    """Loader(workers=2): the batches of the in-process threads, position by position, on
+    host 1 of 2 (its half of each global batch); its state resumes in threads (and with 1
+    worker: the slow kill-and-resume journeys); unreadable files met in a worker are merged
+    into the loader; close leaves no worker."""
+    pytest.importorskip("grain")
+    data = image_folder(_folder(tmp_path / "set"))  # a/3.png is unreadable
+    broken = str(tmp_path / "set" / "a" / "3.png")
+    host = dict(train=True, seed=3, shard_index=1, shard_count=2)  # seed 3: a/3.png in host 1's half
+    whole, _ = _epochs(Loader(data, 4, train=True, seed=3), n=7)
+    threads = Loader(data, 4, **host, threads=2)
+    ref, _ = _epochs(threads, n=7)
+    two = Loader(data, 4, **host, workers=2)
+    with two.iterator() as it:
+        first = [next(it) for _ in range(4)]
+        assert len(_worker_children()) == 2
+        state = it.state()
+    assert not _worker_children()
+    assert state["epoch"] == 1 and state["batch"] == 1
+    rest, _ = _epochs(Loader(data, 4, **host), state, n=3)
+    for x, y, g in zip(first + rest, ref, whole, strict=True):
+        assert x["image"].shape == (2, 224, 224, 3)
+        for key in ("image", "label", "mask"):
+            np.testing.assert_array_equal(x[key], y[key])
+            np.testing.assert_array_equal(x[key], g[key][2:])
+    assert list(two.unreadable) == [broken] == list(threads.unreadable)
+    assert two.unreadable[broken] == threads.unreadable[broken]
+    # In-memory sets are already decoded: they stay in this process's threads.
+    from resnet_jax.data import synthetic
+
+    assert Loader(synthetic(n=16), 4, train=True, workers=2).workers == 0
+
+
+JOURNEY = ["--arch", "my_resnet", "--stage-widths", "8,16", "--image-size", "16", "--batch-size", "2",
+           "--val-fraction", "0", "--epochs", "10", "--no-progress", "--no-tensorboard", "--no-plots"]
+JOURNEY_STEPS = 160  # 32 training images (8 held out for the test), 16 steps an epoch
+
+
+def _below(pid: int) -> set[int]:
+    """The processes below ``pid``, from /proc."""
+    from pathlib import Path
+
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {c for c, p in parents.items() if p in frontier} - found
+        found |= frontier
+    return found
+
+
+def _living(pids, wait: float = 60.0) -> list[int]:
+    """Those of ``pids`` still running (not zombies) after waiting up to ``wait`` seconds."""
+    import time
+    from pathlib import Path
+
+    def alive(pid):
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.time() + wait
+    while time.time() < deadline and any(map(alive, pids)):
+        time.sleep(0.1)
+    return [p for p in pids if alive(p)]
+
+
+@pytest.fixture(scope="module")
+def journey(tmp_path_factory):
+    """A folder (40 PNGs, one unreadable), its pack, and the reference run's losses
+    (no worker processes)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from resnet_jax.data import pack
+
+    pytest.importorskip("grain")
+    tmp = tmp_path_factory.mktemp("journey")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "RESNET_JAX_CACHE": str(tmp / "cache")}
+    root = _folder(tmp / "set", per_class=20)
+    pack(root, tmp / "packed", max_side=64, progress=False)
+    ref = subprocess.run([sys.executable, str(repo / "train.py"), "--dataset", str(root), *JOURNEY,
+                          "--workers", "0", "--output", str(tmp / "ref")], cwd=tmp, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert ref.returncode == 0, ref.stderr
+    return {"folder": root, "pack": tmp / "packed", "env": env, "repo": repo,
+            "losses": _train_losses(tmp / "ref")}
+
+
+def _train_losses(run) -> dict:
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source,how,resume_workers", [
+    ("folder", "SIGKILL", 1), ("pack", "SIGKILL", 1), ("folder", "Ctrl-C", 2), ("pack", "SIGTERM", 2)])
+def test_a_run_with_worker_processes_stopped_or_killed_leaves_none_and_resumes_exactly(
+        tmp_path, journey, source, how, resume_workers):
+    """``train.py --workers 2`` stopped after its first checkpoint: by SIGKILL, by Ctrl-C (SIGINT
+    to its process group, as a terminal sends it) or by SIGTERM. Its worker processes all end
+    (a killed run's exit on their own), the last checkpoint loads, and ``--resume`` with
+    another worker count gives the losses of the reference run without workers, step for step."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import resnet_jax
+
+    cmd = [sys.executable, str(journey["repo"] / "train.py"), "--dataset", str(journey[source]), *JOURNEY,
+           "--output", str(tmp_path / "run")]
+    proc = subprocess.Popen([*cmd, "--workers", "2"], cwd=tmp_path, env=journey["env"], text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    run, below, deadline = tmp_path / "run", set(), time.time() + 600
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if run.is_dir() and any(p.name.isdigit() for p in run.iterdir()):
+                below = _below(proc.pid)
+                if how == "Ctrl-C":
+                    os.killpg(proc.pid, signal.SIGINT)
+                else:
+                    proc.send_signal(getattr(signal, how))
+                break
+            time.sleep(0.02)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert len(below) >= 2, f"no worker processes were running: {below}"  # the two workers, at least
+    status = {"SIGKILL": -signal.SIGKILL, "Ctrl-C": 130, "SIGTERM": 143}[how]
+    assert proc.returncode == status, err
+    if how != "SIGKILL":
+        assert err.strip().splitlines()[-1] == ("interrupted" if how == "Ctrl-C" else "terminated"), err
+        assert "Traceback" not in err, err
+    assert not _living(below), "processes of the stopped run are still running"
+    seen = _train_losses(run)
+    steps = sorted(int(p.name) for p in run.iterdir() if p.name.isdigit())
+    assert steps and steps[-1] < JOURNEY_STEPS and max(seen) < JOURNEY_STEPS  # stopped mid-run
+    resnet_jax.load(run)  # the latest step, whole
+    resumed = subprocess.run([*cmd, "--resume", "--workers", str(resume_workers)], cwd=tmp_path,
+                             env=journey["env"], capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed at step {steps[-1]}" in resumed.stderr
+    after, reference = _train_losses(run), journey["losses"]
+    assert sorted(after) == sorted(reference) == list(range(1, JOURNEY_STEPS + 1))
+    assert after == reference
+    assert all(seen[s] == reference[s] for s in seen)  # before the stop too

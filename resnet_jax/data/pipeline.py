@@ -7,9 +7,12 @@ its position, never on thread timing, on the number of hosts or on an earlier cr
 ``DataIterator.state()`` is that position, and an iterator rebuilt from it yields the
 batches that the original would have yielded next.
 
-Each host reads its own slice of every global batch (``shard_index`` of ``shard_count``);
-worker threads build batches ahead of the training step (PIL releases the GIL while it
-resamples, and file decoding is mostly I/O).
+Each host reads its own slice of every global batch (``shard_index`` of ``shard_count``).
+Batches are built ahead of the training step, by ``threads`` threads of this process (PIL
+releases the GIL while it decodes and resamples, but the rest of each image's work holds
+it), or, for image files (folders and packs) with ``workers > 0``, by that many worker
+processes (``resnet_jax.data.workers``: grain), which scale with cores. Both give the same
+batches.
 
 Image files are read only when a batch needs them. A training image that cannot be read
 is skipped: its place in the batch goes to the next readable image of the epoch's order
@@ -38,11 +41,15 @@ class Loader:
     Training (``train=True``): shuffled every epoch, augmented, incomplete last batch
     dropped, so every batch has the same shape. Evaluation: in order, eval transform,
     the last batch padded with ``mask == 0`` rows so it also has the same shape.
+
+    ``threads`` threads of this process build batches ahead (``prefetch`` of them); with
+    ``workers > 0``, image files (folders, packs) are read, decoded and augmented by that
+    many worker processes instead (in-memory sets always use the threads).
     """
 
     def __init__(self, data: ImageSet, global_batch: int, *, train: bool, seed: int = 0,
                  preprocess: Preprocess | None = None, shard_index: int = 0, shard_count: int = 1,
-                 workers: int = 2, prefetch: int = 4, strict: bool | None = None):
+                 threads: int = 2, workers: int = 0, prefetch: int = 4, strict: bool | None = None):
         if len(data) == 0:
             raise DatasetError(f"data set {data.name!r} is empty")
         if global_batch <= 0:
@@ -67,7 +74,10 @@ class Loader:
         self.local_batch = self.global_batch // self.shard_count
         n = len(data)
         self.steps_per_epoch = n // global_batch if train else -(-n // global_batch)
-        self.workers = max(1, int(workers))
+        self.threads = max(1, int(threads))
+        # In-memory sets are decoded already: their few bytes per image go faster through
+        # threads than through worker processes, which pay a start-up and a copy.
+        self.workers = max(0, int(workers)) if data.images is None else 0
         self.prefetch = max(1, int(prefetch))
         self._orders: dict[int, np.ndarray] = {}
         self._places: dict[int, np.ndarray] = {}  # epoch -> position of each index in its order
@@ -154,12 +164,14 @@ class Loader:
             self.unreadable[path] = str(e)
             return None
 
-    def iterator(self, state: dict | None = None) -> DataIterator:
-        return DataIterator(self, state)
+    def iterator(self, state: dict | None = None, limit: int | None = None) -> DataIterator:
+        """Batches from ``state``'s position (default: the start); ``limit``: how many will
+        be read (worker processes then build no batch past them)."""
+        return DataIterator(self, state, limit)
 
     def epoch(self, epoch: int = 0):
         """The batches of one epoch (evaluation passes use this)."""
-        it = self.iterator({"epoch": epoch, "batch": 0})
+        it = self.iterator({"epoch": epoch, "batch": 0}, limit=self.steps_per_epoch)
         try:
             for _ in range(self.steps_per_epoch):
                 yield next(it)
@@ -172,18 +184,21 @@ def largest_divisor_at_most(n: int, multiple: int) -> int:
 
 
 class DataIterator:
-    """Endless iterator over (epoch, batch) positions with batches built ahead in threads.
+    """Endless iterator over (epoch, batch) positions with batches built ahead, in threads
+    or worker processes (``Loader.workers``).
 
     ``state()`` is the position of the next batch ``next()`` returns, plus what must match
     on restore (seed, data-set size, global batch).
     """
 
-    def __init__(self, loader: Loader, state: dict | None = None):
+    def __init__(self, loader: Loader, state: dict | None = None, limit: int | None = None):
         self.loader = loader
+        self.limit = limit
         self.epoch, self.position = 0, 0
+        self._workers = None  # the worker processes' batches, started by the first next()
         if state:
             self.restore(state)
-        self._pool = ThreadPoolExecutor(loader.workers, thread_name_prefix="resnet-jax-data")
+        self._pool = ThreadPoolExecutor(loader.threads, thread_name_prefix="resnet-jax-data")
         self._ahead: collections.deque = collections.deque()
 
     def state(self) -> dict:
@@ -206,6 +221,7 @@ class DataIterator:
             self.epoch, self.position = self.epoch + 1, 0
         if getattr(self, "_ahead", None):
             self._drain()
+        self._stop_workers()
 
     def _fill(self):
         if self._ahead:
@@ -230,18 +246,34 @@ class DataIterator:
         return self
 
     def __next__(self) -> dict:
-        self._fill()
-        (e, b), fut = self._ahead.popleft()
-        assert (e, b) == (self.epoch, self.position)
-        out = fut.result()
+        if self.loader.workers:
+            if self._workers is None:
+                from .workers import WorkerBatches
+
+                start = self.epoch * self.loader.steps_per_epoch + self.position
+                self._workers = WorkerBatches(self.loader, self.loader.workers, start,
+                                              None if self.limit is None else start + self.limit)
+            out = next(self._workers)
+            e, b = self.epoch, self.position
+        else:
+            self._fill()
+            (e, b), fut = self._ahead.popleft()
+            assert (e, b) == (self.epoch, self.position)
+            out = fut.result()
         self.position = b + 1
         if self.position >= self.loader.steps_per_epoch:
             self.epoch, self.position = e + 1, 0
         return out
 
+    def _stop_workers(self):
+        workers, self._workers = self._workers, None
+        if workers is not None:
+            workers.close()
+
     def close(self):
         self._drain()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._stop_workers()
 
     def __enter__(self):
         return self

@@ -49,7 +49,11 @@ class TrainConfig:
         "train/ lacks, instead of stopping")
     val_fraction: float = setting(0.1, "data", "share of the training images held out for validation")
     test_fraction: float = setting(0.2, "data", "share of the images held out for the test")
-    workers: int = setting(2, "data", "threads that decode and augment")
+    workers: int = setting(0, "data", "worker processes that read, decode and augment image folders "
+                           "and packs, for throughput that scales with cores (0: --threads threads "
+                           "of the training process; in-memory data sets always use those)", metavar="N")
+    threads: int = setting(2, "data", "threads of the training process that decode and augment when "
+                           "there are no worker processes", metavar="N")
     # model
     arch: str | None = setting(None, "model", "registered architecture (resnet-jax summary lists them)")
     model_options: dict | None = setting(None, "model", flag=False)  # e.g. {"stage_widths": [32, 64]}
@@ -138,7 +142,8 @@ _INTEGERS = (
     ("image_size", 1, True, "an integer >= 1 (pixels)"),
     ("batch_size", 1, False, "an integer >= 1"),
     ("devices", 1, True, "an integer >= 1 (or left out: all)"),
-    ("workers", 0, False, "an integer >= 0"),
+    ("workers", 0, False, "an integer >= 0 (0: no worker processes)"),
+    ("threads", 1, False, "an integer >= 1"),
     ("eval_every", 1, False, "an integer >= 1 (epochs)"),
     ("checkpoint_every", 0, False, "an integer >= 0 (0: at epoch ends only)"),
     ("log_every", 1, False, "an integer >= 1 (steps)"),

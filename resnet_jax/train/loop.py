@@ -119,7 +119,7 @@ def _load_data(cfg: TrainConfig) -> _Data:
     if cfg.image_size:
         pre = dataclasses.replace(pre, image_size=int(cfg.image_size))
     host = dict(shard_index=jax.process_index(), shard_count=jax.process_count(),
-                workers=cfg.workers, strict=cfg.strict)
+                threads=cfg.threads, workers=cfg.workers, strict=cfg.strict)
     train_loader = Loader(train_set, cfg.batch_size, train=True, seed=cfg.seed, preprocess=pre, **host)
     eval_loaders = {k: Loader(v, cfg.batch_size, train=False, preprocess=pre, **host)
                     for k, v in sets.items() if k in ("val", "test")}

@@ -1,0 +1,110 @@
+"""Worker processes that build a ``Loader``'s batches: grain's ``MapDataset`` of batch
+positions, ``map``-ped to ``Loader.batch`` and run by ``mp_prefetch`` worker processes.
+
+Position ``p`` is batch ``p % steps_per_epoch`` of epoch ``p // steps_per_epoch``; worker
+``k`` of ``n`` builds positions ``k, k + n, ...`` and grain hands them back in position
+order. So the batches are those of the loader's own threads, position by position: they
+depend on the seed and the position only, never on the number of workers, and each host's
+worker builds that host's slice of each global batch (the loader's ``shard_index``).
+
+The main process keeps the position (``DataIterator.state()``); a restored iterator starts
+new workers at the saved position, so a run saved with any number of workers resumes with
+any other. A worker reports the unreadable files it met with each batch; they are merged
+into the main process's ``Loader.unreadable``. An error in a worker (``--strict`` meeting
+an unreadable file) is raised by ``next`` in the main process.
+
+The workers are spawned (never forked: the main process runs JAX's threads), ignore
+SIGINT and SIGTERM (a terminal's Ctrl-C reaches the whole process group; the main process
+decides and closes them) and exit on their own when the main process dies (SIGKILL
+included), so none outlives its run. ``close`` stops them: each finishes the batch it is
+building and exits. A program that makes worker iterators must start from an
+``if __name__ == "__main__":`` block (the rule for spawned processes).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+PARENT_POLL_S = 0.5  # how often a worker checks that the main process is alive
+BATCHES_PER_WORKER = 2  # batches each worker builds ahead
+
+
+class _BuildBatch:
+    """Batch ``position`` of ``loader`` and the unreadable files met since the last one
+    (runs in a worker process, which holds its own copy of the loader)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.reported = len(loader.unreadable)
+
+    def __call__(self, position: int) -> dict:
+        spe = self.loader.steps_per_epoch
+        batch = self.loader.batch(position // spe, position % spe)
+        met = list(self.loader.unreadable.items())
+        self.reported, new = len(met), met[self.reported:]
+        return {"batch": batch, "unreadable": [list(item) for item in new]}
+
+
+def _worker_start(parent: int, index: int, count: int) -> None:
+    """In each worker, before its first batch: leave signals to the main process, and
+    exit when the main process is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_exit_without_parent, args=(parent,), daemon=True,
+                     name="resnet-jax-parent-watch").start()
+
+
+def _exit_without_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(0)
+
+
+def _grain():
+    """The ``grain`` module, its absl flags marked parsed (grain's worker start reads them;
+    a program that parses its own absl flags has done so already)."""
+    from ..errors import ResNetJaxError
+
+    try:
+        import grain
+        from absl import flags
+    except ImportError:
+        raise ResNetJaxError("worker processes (--workers N > 0) need the grain package: "
+                             "pip install 'resnet-jax[data]' (or pip install grain), "
+                             "or use --workers 0") from None
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    return grain
+
+
+class WorkerBatches:
+    """The batches of ``loader`` from position ``start`` (``stop``: before this position;
+    None: endless), built by ``workers`` worker processes, in position order."""
+
+    def __init__(self, loader, workers: int, start: int, stop: int | None = None):
+        import functools
+
+        grain = _grain()
+        stop = start + 2**52 if stop is None else stop
+        ds = (grain.MapDataset.range(start, stop).map(_BuildBatch(loader))
+              .to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+              .mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                        per_worker_buffer_size=BATCHES_PER_WORKER),
+                           worker_init_fn=functools.partial(_worker_start, os.getpid())))
+        self.loader = loader
+        self._it = iter(ds)
+
+    def __next__(self) -> dict:
+        out = next(self._it)
+        for path, reason in out["unreadable"]:
+            self.loader.unreadable.setdefault(path, reason)
+        return out["batch"]
+
+    def close(self) -> None:
+        """Stop the workers: each ends after the batch it is building; returns once they have."""
+        it, self._it = self._it, None
+        if it is not None:
+            it.close()
