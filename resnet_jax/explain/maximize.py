@@ -151,9 +151,38 @@ def _problem(model, objective, batch, image_size, param, transforms, normalize,
                     _normalization(model, normalize, preprocess))
 
 
-def _segment(model, problem: _Problem, opt: optax.GradientTransformation):
+def _snapshot_slots(snapshots, steps: int) -> np.ndarray | None:
+    """(steps,) int32: the snapshot slot written after update i + 1 (-1: none)."""
+    if snapshots is None:
+        return None
+    at = [int(s) for s in snapshots]
+    bad = [s for s in at if not 0 <= s <= steps]
+    if bad or not at or len(set(at)) != len(at):
+        raise ResNetJaxError(f"snapshot steps must be distinct whole numbers in 0..{steps} "
+                             f"(0: the starting image), got {list(snapshots)}")
+    slots = np.full(steps, -1, np.int32)
+    for k, s in enumerate(at):
+        if s > 0:
+            slots[s - 1] = k
+    return slots
+
+
+def _keep_snapshot(problem: _Problem, slots, snaps, params, i):
+    """``snaps`` with the image of ``params`` written to slot ``slots[i]`` if it has one."""
+    slot = jnp.asarray(slots)[i]
+
+    def write(s):
+        img = problem.param.image(params, problem.hw)
+        return jax.lax.dynamic_update_index_in_dim(s, img.astype(s.dtype), slot, 0)
+
+    return jax.lax.cond(slot >= 0, write, lambda s: s, snaps)
+
+
+def _segment(model, problem: _Problem, opt: optax.GradientTransformation, slots=None):
     """``segment(carry, variables, key, first, n, redirected, unroll)``: steps ``first`` ..
-    ``first + n - 1`` as one ``lax.scan`` -> (carry, objective per step (n, B)).
+    ``first + n - 1`` as one ``lax.scan`` -> (carry, objective per step (n, B)). The carry
+    is (params, optimiser state, snapshots or None); ``slots`` says which steps' images
+    the snapshots keep.
 
     The model is traced with the CPU-fast ops (``ops.cpu_fast``: XLA:CPU compiles JAX's
     own convolution gradients inside a loop body as naive loops) and, while
@@ -166,11 +195,13 @@ def _segment(model, problem: _Problem, opt: optax.GradientTransformation):
         variables = model_variables(variables)
 
         def step(carry, i):
-            params, opt_state = carry
+            params, opt_state, snaps = carry
             g, values = jax.grad(loss, has_aux=True)(params, variables, jax.random.fold_in(key, i))
             updates, opt_state = opt.update(g, opt_state, params)
             params = problem.param.project(optax.apply_updates(params, updates))
-            return (params, opt_state), values
+            if snaps is not None:
+                snaps = _keep_snapshot(problem, slots, snaps, params, i)
+            return (params, opt_state, snaps), values
 
         return jax.lax.scan(step, carry, first + jnp.arange(n), unroll=unroll)
 
@@ -182,10 +213,12 @@ def make_maximizer(model, objective: Objective, steps: int = 256, *, batch: int 
                    transforms: str | Sequence | None = "auto", lr: float = 0.05,
                    optimizer: optax.GradientTransformation | None = None,
                    redirect_relu_steps: int = 16, normalize="auto", chunk: int | None = None,
-                   preprocess=None):
+                   preprocess=None, snapshots: Sequence[int] | None = None):
     """The compiled program ``run(variables, key) -> (images, values)``.
 
     ``images``: (B, H, W, C) in [0, 1]; ``values``: (steps, B) objective per step.
+    With ``snapshots`` (step numbers, 0 the starting image), ``run`` also returns the
+    images after those steps, (S, B, H, W, C), kept inside the compiled loop.
     The images are pixels in [0, 1]; the model sees them normalised with ``preprocess``'s
     mean and std (a ``Preprocessing``, e.g. ``load_model(dir).preprocess``; it also sets
     the default size), else with ``normalize``, so an L1 prior pulls pixels towards 0, the
@@ -205,12 +238,19 @@ def make_maximizer(model, objective: Objective, steps: int = 256, *, batch: int 
     redirect = max(0, min(int(redirect_relu_steps), steps))
     phases = [ph for ph in [(0, redirect, True), (redirect, steps - redirect, False)]
               if ph[1] > 0]
-    segment = _segment(model, problem, opt)
+    slots = _snapshot_slots(snapshots, steps)
+    segment = _segment(model, problem, opt, slots)
+    at = [] if slots is None else [int(s) for s in snapshots]
 
     def start(variables, key):
         k_init, k_steps = jax.random.split(key)
         params = problem.param.init(k_init, problem.shape)
-        return (params, opt.init(params)), k_steps
+        snaps = None
+        if slots is not None:
+            snaps = jnp.zeros((len(at), *problem.shape), jnp.float32)
+            if 0 in at:  # the starting image
+                snaps = snaps.at[at.index(0)].set(problem.param.image(params, problem.hw))
+        return (params, opt.init(params), snaps), k_steps
 
     if chunk:
         return _chunked(problem, start, segment, phases, int(chunk))
@@ -221,9 +261,15 @@ def make_maximizer(model, objective: Objective, steps: int = 256, *, batch: int 
         for first, n, redirected in phases:
             carry, h = segment(carry, variables, k_steps, first, n, redirected)
             history.append(h)
-        return problem.param.image(carry[0], problem.hw), _concat(history, problem)
+        return _finish(problem, carry, history)
 
     return xla_cpu.inference_jit(run)
+
+
+def _finish(problem: _Problem, carry, history):
+    """(images, values per step[, snapshots]) from the last carry."""
+    out = (problem.param.image(carry[0], problem.hw), _concat(history, problem))
+    return out if carry[2] is None else (*out, carry[2])
 
 
 def _concat(history, problem: _Problem):
@@ -234,7 +280,7 @@ def _chunked(problem: _Problem, start, segment, phases, chunk: int):
     """``run`` as programs of ``chunk`` unrolled steps (no XLA while loop inside), called
     in turn; the carry stays on the device between calls."""
     start_jit = jax.jit(start)
-    finish_jit = jax.jit(lambda carry: problem.param.image(carry[0], problem.hw))
+    finish_jit = jax.jit(lambda carry, history: _finish(problem, carry, history))
     programs = {}
 
     def program(n, redirected):
@@ -251,7 +297,7 @@ def _chunked(problem: _Problem, start, segment, phases, chunk: int):
                 m = min(chunk, n - done)
                 carry, h = program(m, redirected)(carry, variables, k_steps, first + done)
                 history.append(h)
-        return finish_jit(carry), _concat(history, problem)
+        return finish_jit(carry, history)
 
     return run_chunked
 
@@ -275,14 +321,34 @@ def maximize(model, variables, objective: Objective, steps: int = 256, *, seed: 
     "none"; or a list), ``lr`` / ``optimizer`` (Adam 0.05), ``redirect_relu_steps`` (16),
     ``normalize`` ("auto": ImageNet mean/std for ImageNet ResNets; None; or (mean, std)),
     ``preprocess`` (a ``Preprocessing``: its mean/std and size; replaces "auto").
-    With ``return_values`` also returns the objective per step, (steps, B).
+    With ``return_values`` also returns the objective per step, (steps, B); with
+    ``snapshots`` (step numbers, 0 the start), last, the images after those steps,
+    (S, B, H, W, C) (``save_snapshot_strip`` draws them).
     """
     check_objective(model, variables, objective, options.get("image_size"),
                     options.get("preprocess"))
     run = make_maximizer(model, objective, steps, **options)
-    images, values = run(model_variables(variables), jax.random.key(seed))
-    images = np.asarray(images)
-    return (images, np.asarray(values)) if return_values else images
+    images, values, *snaps = run(model_variables(variables), jax.random.key(seed))
+    out = (np.asarray(images),) + ((np.asarray(values),) if return_values else ()) + tuple(
+        np.asarray(s) for s in snaps)
+    return out if len(out) > 1 else out[0]
+
+
+def save_snapshot_strip(path, snapshots, steps: Sequence[int], title: str | None = None,
+                        scale: int | None = None):
+    """Write ``snapshots`` (S, B, H, W, C) taken after ``steps`` as a PNG: one row per
+    image of the batch, its S stages left to right, "step s" under each (never on it),
+    small images enlarged with nearest-neighbour."""
+    from ..viz.overlays import save_grid
+
+    snaps = np.asarray(snapshots)
+    steps = [int(s) for s in steps]
+    if snaps.ndim != 5 or snaps.shape[0] != len(steps):
+        raise ResNetJaxError(f"snapshots must be (S, B, H, W, C) with S = {len(steps)} "
+                             f"steps, got shape {snaps.shape}")
+    tiles = [snaps[k, b] for b in range(snaps.shape[1]) for k in range(len(steps))]
+    labels = [f"step {s}" for _ in range(snaps.shape[1]) for s in steps]
+    return save_grid(path, tiles, labels, ncols=len(steps), title=title, scale=scale)
 
 
 def evaluate(model, variables, objective: Objective, images, normalize="auto",

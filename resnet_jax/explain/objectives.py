@@ -235,4 +235,193 @@ def tv(beta: float = 1.0) -> Objective:
     return _per_image(fn, "tv")
 
 
-__all__ = ["Objective", "channel", "class_log_prob", "class_logit", "l1", "l2", "neuron", "stack", "total", "tv"]
+# --------------------------------------------------------------------------- Lucent's objectives
+#
+# Lucent's objectives are losses (minimised) over the whole batch; here each is its
+# negative, one value per image, so they compose with the ones above. ``maximize``
+# optimises the batch sum: for ``channel_interpolate`` and ``alignment`` that sum is
+# Lucent's value, for the others (which Lucent averages over the batch) B times it.
+
+
+def _acts(acts, layer: str, what: str, spatial: bool = False):
+    a = acts[layer]
+    if spatial and a.ndim != 4:
+        raise ResNetJaxError(f"{what} needs a spatial layer; {layer!r} has shape {a.shape}")
+    if a.ndim not in (2, 4):
+        a = a.reshape(a.shape[0], -1)
+    return a
+
+
+def _at(a, y, x):
+    """(B, C) at position (y, x) (default: the centre) of a spatial output; a dense one as
+    it is."""
+    if a.ndim == 2:
+        return a
+    h, w = a.shape[1:3]
+    return a[:, h // 2 if y is None else y, w // 2 if x is None else x, :]
+
+
+def _vector(values, what: str) -> np.ndarray:
+    v = np.asarray(values, np.float32)
+    if v.ndim != 1 or not len(v):
+        raise ResNetJaxError(f"{what} must be a 1-D vector with one entry per channel, got "
+                             f"shape {v.shape}")
+    return v
+
+
+def _fits(v, a, layer: str, what: str):
+    if a.shape[-1] != len(v):
+        raise ResNetJaxError(f"{what} has {len(v)} entries but layer {layer!r} has "
+                             f"{a.shape[-1]} channels; give one entry per channel")
+    return jnp.asarray(v, a.dtype)
+
+
+def _cosine(a, d, eps: float = 1e-8):
+    """cos(a, d) along the last axis, as torch's ``cosine_similarity``: a.d /
+    (max(|a|, eps) max(|d|, eps))."""
+    na = jnp.maximum(jnp.linalg.norm(a, axis=-1), eps)
+    return (a @ d) / (na * jnp.maximum(jnp.linalg.norm(d), eps))
+
+
+def _mean_over_positions(v):
+    return v.reshape(v.shape[0], -1).mean(axis=1)
+
+
+def direction(layer: str, vector, cossim: bool = True, batch: int | None = None) -> Objective:
+    """Lucent's ``direction``: mean over positions of cos(a_ij, d), the cosine similarity
+    of the activation vector a_ij (channels at position ij) with ``vector`` d. With
+    ``cossim=False``, Lucid's original dot product a_ij . d instead."""
+    d = _vector(vector, "the direction")
+
+    def fn(acts, images):
+        a = _acts(acts, layer, "direction")
+        dd = _fits(d, a, layer, "the direction")
+        return _mean_over_positions(_cosine(a, dd) if cossim else a @ dd)
+
+    return Objective(fn, (layer,), batch, f"direction({layer})")
+
+
+def direction_neuron(layer: str, vector, y: int | None = None, x: int | None = None,
+                     cossim: bool = True, batch: int | None = None) -> Objective:
+    """Lucent's ``direction_neuron``: cos(a_yx, d) at one position (default: the centre)."""
+    d = _vector(vector, "the direction")
+
+    def fn(acts, images):
+        a = _at(_acts(acts, layer, "direction_neuron"), y, x)
+        dd = _fits(d, a, layer, "the direction")
+        return _cosine(a, dd) if cossim else a @ dd
+
+    return Objective(fn, (layer,), batch, f"direction_neuron({layer})")
+
+
+def neuron_weight(layer: str, weight, y: int | None = None, x: int | None = None,
+                  batch: int | None = None) -> Objective:
+    """Lucent's ``neuron_weight``: mean_k w_k a^k_yx, the channels at one position
+    (default: the centre) weighted per channel (``weight`` None: their plain mean)."""
+    w = None if weight is None else _vector(weight, "the weight")
+
+    def fn(acts, images):
+        a = _at(_acts(acts, layer, "neuron_weight"), y, x)
+        return jnp.mean(a if w is None else a * _fits(w, a, layer, "the weight"), axis=-1)
+
+    return Objective(fn, (layer,), batch, f"neuron_weight({layer})")
+
+
+def channel_weight(layer: str, weight, batch: int | None = None) -> Objective:
+    """Lucent's ``channel_weight``: mean over positions and channels of w_k a^k_ij."""
+    w = _vector(weight, "the weight")
+
+    def fn(acts, images):
+        a = _acts(acts, layer, "channel_weight", spatial=True)
+        return jnp.mean(a * _fits(w, a, layer, "the weight"), axis=(1, 2, 3))
+
+    return Objective(fn, (layer,), batch, f"channel_weight({layer})")
+
+
+def localgroup_weight(layer: str, weight=None, y: int = 0, x: int = 0, wy: int = 1,
+                      wx: int = 1, batch: int | None = None) -> Objective:
+    """Lucent's ``localgroup_weight``: mean of w_k a^k_ij over the window of ``wy`` x
+    ``wx`` positions from (y, x), weighted per channel (``weight`` None: unweighted)."""
+    w = None if weight is None else _vector(weight, "the weight")
+
+    def fn(acts, images):
+        a = _acts(acts, layer, "localgroup_weight", spatial=True)[:, y:y + wy, x:x + wx]
+        return jnp.mean(a if w is None else a * _fits(w, a, layer, "the weight"),
+                        axis=(1, 2, 3))
+
+    return Objective(fn, (layer,), batch, f"localgroup_weight({layer})")
+
+
+def _channel_mean(acts, layer: str, index: int, what: str):
+    a = _acts(acts, layer, what)
+    if not 0 <= index < a.shape[-1]:
+        raise ResNetJaxError(f"unit {index} is out of range for layer {layer!r}, which has "
+                             f"{a.shape[-1]} channels (valid 0..{a.shape[-1] - 1})")
+    return _mean_over_positions(a[..., index])
+
+
+def _batch_of(acts, layer: str, what: str) -> int:
+    n = acts[layer].shape[0]
+    if n < 2:
+        raise ResNetJaxError(f"{what} compares the images of a batch; give a batch of 2 or "
+                             f"more (batch=), got {n}")
+    return n
+
+
+def channel_interpolate(layer1: str, index1: int, layer2: str, index2: int,
+                        batch: int | None = None) -> Objective:
+    """Lucent's ``channel_interpolate``: image n of a batch of B maximises
+    (1 - t_n) mean(a^{k1}) + t_n mean(a^{k2}), t_n = n / (B - 1): a walk from one channel
+    to the other across the batch."""
+
+    def fn(acts, images):
+        n = _batch_of(acts, layer1, "channel_interpolate")
+        t = jnp.arange(n, dtype=jnp.float32) / (n - 1)
+        m1 = _channel_mean(acts, layer1, int(index1), "channel_interpolate")
+        m2 = _channel_mean(acts, layer2, int(index2), "channel_interpolate")
+        return (1.0 - t) * m1 + t * m2
+
+    return Objective(fn, (layer1, layer2), batch,
+                     f"channel_interpolate({layer1}, {index1}, {layer2}, {index2})",
+                     ((layer1, int(index1)), (layer2, int(index2))))
+
+
+def alignment(layer: str, decay_ratio: float = 2.0, batch: int | None = None) -> Objective:
+    """Lucent's ``alignment`` (as a value to raise, so add it: ``+ w * alignment(...)``):
+    minus sum over images a, b = a + d (d = 1..4) of mean((A_a - A_b)^2) / decay_ratio^d,
+    A the layer's output; each pair's term is shared half and half by its two images."""
+
+    def fn(acts, images):
+        a = acts[layer].reshape(acts[layer].shape[0], -1)
+        n = _batch_of(acts, layer, "alignment")
+        out = jnp.zeros((n,), a.dtype)
+        for d in range(1, min(4, n - 1) + 1):
+            term = jnp.mean(jnp.square(a[:-d] - a[d:]), axis=1) / float(decay_ratio) ** d
+            out = out.at[:-d].add(-0.5 * term).at[d:].add(-0.5 * term)
+        return out
+
+    return Objective(fn, (layer,), batch, f"alignment({layer})")
+
+
+def diversity(layer: str, batch: int | None = None) -> Objective:
+    """Lucent's ``diversity``, the similarity to penalise (subtract it:
+    ``channel(...) - w * diversity(...)``): G_i, the Gram matrix of image i's channels
+    over positions scaled to unit Frobenius norm; image i's value is
+    sum_{j != i} <G_i, G_j> (its mean over the batch is Lucent's)."""
+
+    def fn(acts, images):
+        a = _acts(acts, layer, "diversity", spatial=True)
+        _batch_of(acts, layer, "diversity")
+        flat = a.reshape(a.shape[0], -1, a.shape[-1])
+        grams = jnp.einsum("bpc,bpd->bcd", flat, flat)
+        norm = jnp.sqrt(jnp.sum(jnp.square(grams), axis=(1, 2), keepdims=True))
+        grams = grams / jnp.maximum(norm, 1e-12)
+        sims = jnp.einsum("icd,jcd->ij", grams, grams)
+        return jnp.sum(sims, axis=1) - jnp.diagonal(sims)
+
+    return Objective(fn, (layer,), batch, f"diversity({layer})")
+
+
+__all__ = ["Objective", "alignment", "channel", "channel_interpolate", "channel_weight",
+           "class_log_prob", "class_logit", "direction", "direction_neuron", "diversity",
+           "l1", "l2", "localgroup_weight", "neuron", "neuron_weight", "stack", "total", "tv"]
