@@ -40,13 +40,13 @@ course: setup
 	$(BIN)/resnet-jax course --out outputs/course $(COURSE_FLAGS)
 
 test: setup
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 test-slow: setup
-	$(BIN)/python -m pytest -q -n 2 -m slow
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m slow
 
 test-all: setup
-	$(BIN)/python -m pytest -q -n 2 -m ''
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m ''
 
 bench: setup
 	$(BIN)/python -m benchmarks.run

@@ -14,6 +14,10 @@ from resnet_jax import course as course_mod
 
 NOTEBOOKS = [p.stem for p in course_mod.notebooks()]
 
+# The course runs once, on one xdist worker, for all the tests that read it (the Makefile's
+# pytest runs use --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("course")
+
 
 @pytest.fixture(scope="module")
 def course_run(tmp_path_factory):

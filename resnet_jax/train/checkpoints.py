@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 import jax
@@ -133,9 +134,16 @@ class RunCheckpoints:
             pass
 
     def _remove_partial(self, step: int) -> None:
-        """orbax's temporary folder of an unfinished ``step`` (only that one)."""
-        for p in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
-            shutil.rmtree(p, ignore_errors=True)
+        """orbax's temporary folder of an unfinished ``step`` (only that one). A failed
+        save's last writes can still land after a first removal, so it is removed until the
+        folder has stayed gone for a moment (at most 5 s)."""
+        deadline, gone = time.monotonic() + 5.0, 0
+        while gone < 2 and time.monotonic() < deadline:
+            left = list(self.directory.glob(f"{step}.orbax-checkpoint-tmp*"))
+            for p in left:
+                shutil.rmtree(p, ignore_errors=True)
+            gone = 0 if left else gone + 1
+            time.sleep(0.1)
         self.__dict__.pop("manager", None)  # reopened on next use, listing what is on disk
 
     def read_train_info(self, step: int) -> dict:
