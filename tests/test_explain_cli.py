@@ -340,3 +340,28 @@ def test_picture_outputs_fail_in_one_line_naming_the_path(saved_digit_model, tmp
         err = capsys.readouterr().err
         assert rc == 1 and "No space left on device" in err and str(out) in err, err
         assert list(out.iterdir()) == []
+
+
+def test_gradcam_compare_writes_one_row_per_method_from_the_methods_own_maps(
+        saved_digit_model, tmp_path, rng, capsys):
+    from resnet_jax.explain import explain
+    from resnet_jax.explain.inputs import load_model
+    from resnet_jax.viz.overlays import comparison_figure
+
+    img = tmp_path / "digit.png"
+    Image.fromarray(rng.integers(0, 255, (28, 28), np.uint8)).save(img)
+    out = tmp_path / "cmp"
+    rc = main(["gradcam", "--weights", str(saved_digit_model), str(img), "--target", "4",
+               "--compare", "gradcam,saliency", "--out", str(out)])
+    assert rc == 0 and "2 methods for class 4" in capsys.readouterr().out
+    written = np.asarray(Image.open(out / "digit_compare_4.png").convert("RGB"))
+    m = load_model(saved_digit_model, say=lambda line: None)
+    results = [explain(m.model, m.variables, [img], [4], method=name, preprocess=m.preprocess)
+               for name in ("gradcam", "saliency")]
+    expected = comparison_figure(results[0].images[0], [r.maps[0] for r in results],
+                                 ["gradcam at conv2", "saliency"],
+                                 title=f"class 4: p={results[0].scores[0]:.3f} - {img}")
+    np.testing.assert_array_equal(written, expected)
+    rc = main(["gradcam", "--weights", str(saved_digit_model), str(img), "--compare",
+               "gradcam,nosuch", "--out", str(out)])
+    assert rc == 2 and "unknown method 'nosuch'" in capsys.readouterr().err

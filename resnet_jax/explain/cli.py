@@ -27,6 +27,9 @@ def register(sub) -> None:
     p.add_argument("--layer", default=None,
                    help="named output for CAM methods (default: the last stage, e.g. layer4)")
     p.add_argument("--method", default="gradcam", choices=list(METHODS))
+    p.add_argument("--compare", metavar="METHODS", default=None,
+                   help="'all' or a comma list of methods: one picture per image and target "
+                        "with one row per method (instead of --method)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--save-maps", action="store_true", help="also write the raw maps as .npy")
     p.add_argument("--alpha", type=float, default=0.5, help="heat-map opacity (0-1)")
@@ -186,12 +189,28 @@ def save_npy(path: Path, array) -> Path:
     return write_atomically(path, lambda tmp: np.save(tmp, array))
 
 
+def compare_methods(text: str | None) -> list[str]:
+    """``--compare``: 'all' or a comma list of method names -> registered names."""
+    from .methods import get_method
+
+    if text is None:
+        return []
+    if text.strip().lower() == "all":
+        return list(METHODS)
+    names = [get_method(t.strip()).name for t in text.split(",") if t.strip()]
+    if not names:
+        raise ResNetJaxError("--compare: give 'all' or a comma list of methods, e.g. "
+                             "gradcam,scorecam")
+    return list(dict.fromkeys(names))
+
+
 def run_gradcam(args) -> int:
     from ..viz.overlays import save_overlay
     from .api import explain
     from .inputs import load_model
 
     check_gradcam_args(args)
+    compare = compare_methods(args.compare)
     check_output_dir(args.out)
     m = load_model(args.weights)
     targets = None
@@ -202,6 +221,8 @@ def run_gradcam(args) -> int:
             raise ResNetJaxError(f"--target {bad[0]} is out of range: the model has {n} classes "
                                  f"(valid indices 0..{n - 1})")
         targets = [list(args.target)] * len(args.images)
+    if compare:
+        return write_comparisons(args, m, targets, compare)
     result = explain(m.model, m.variables, list(args.images), targets, layer=args.layer,
                      method=args.method, preprocess=m.preprocess)
     maps = result.maps if result.maps.ndim == 4 else result.maps[:, None]
@@ -224,6 +245,37 @@ def run_gradcam(args) -> int:
         if args.save_maps:
             written.append(save_npy(out_dir / f"{stem}.npy", result.maps[i]))
             print(f"{path}: maps -> {written[-1]}")
+    print(f"wrote {len(written)} file(s) to {out_dir}")
+    return 0
+
+
+def write_comparisons(args, m, targets, methods: list[str]) -> int:
+    """``--compare``: every method on the same images and targets, one picture per image
+    and target, one row per method."""
+    from ..viz.overlays import save_comparison
+    from .api import explain
+
+    results = []
+    for name in methods:
+        print(f"{name} ...", flush=True)
+        results.append(explain(m.model, m.variables, list(args.images), targets,
+                               layer=args.layer, method=name, preprocess=m.preprocess))
+    first = results[0]
+    tgts = first.targets if first.targets.ndim == 2 else first.targets[:, None]
+    scores = first.scores if first.scores.ndim == 2 else first.scores[:, None]
+    out_dir = output_dir(args.out)
+    written = []
+    for i, (path, stem) in enumerate(zip(args.images, output_names(args.images, "compare"))):
+        for j in range(tgts.shape[1]):
+            k = int(tgts[i, j])
+            cams = [r.maps[i, j] if r.maps.ndim == 4 else r.maps[i] for r in results]
+            rows = [f"{r.method}" + (f" at {r.layer}" if r.layer else "") for r in results]
+            title = f"{class_label(m.class_names, k)}: p={scores[i, j]:.3f} - {path}"
+            out = out_dir / f"{stem}_{k}.png"
+            save_comparison(out, first.images[i], cams, rows, title=title, alpha=args.alpha,
+                            colormap=args.colormap)
+            written.append(out)
+            print(f"{path}: {len(methods)} methods for class {k} -> {out}")
     print(f"wrote {len(written)} file(s) to {out_dir}")
     return 0
 

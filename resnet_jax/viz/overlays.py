@@ -213,6 +213,28 @@ def cam_figure(image, cams: Sequence, labels: Sequence[str | None] | None = None
     return _border(row)
 
 
+def comparison_figure(image, cams: Sequence, methods: Sequence[str], title: str | None = None,
+                      alpha: float = 0.5, colormap: str = "jet",
+                      scale: int | None = None) -> np.ndarray:
+    """One image explained by several methods: one row per method (the input, the map, the
+    overlay, a colour bar), the method's name in a strip above its row, ``title`` on top.
+    Every label sits outside the pictures."""
+    if len(cams) != len(methods):
+        raise ValueError(f"{len(methods)} method names for {len(cams)} maps")
+    rows = [cam_figure(image, [cam], [None], title=name, alpha=alpha, colormap=colormap,
+                       scale=scale) for cam, name in zip(cams, methods)]
+    grid = _stack(rows)
+    if title:
+        grid = _stack([caption_strip(title, grid.shape[1]), grid])
+    return grid
+
+
+def save_comparison(path, image, cams: Sequence, methods: Sequence[str], title: str | None = None,
+                    **options) -> Path:
+    """Write ``comparison_figure(...)`` as a PNG."""
+    return write_png(path, comparison_figure(image, cams, methods, title, **options))
+
+
 def _border(img: np.ndarray, pad: int = 6) -> np.ndarray:
     return np.pad(img, ((pad, pad), (pad, pad), (0, 0)), constant_values=255)
 
@@ -294,6 +316,6 @@ def write_png(path, pixels: np.ndarray) -> Path:
     return write_atomically(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
-__all__ = ["cam_figure", "caption_strip", "colorbar", "colorize", "dead_tile", "enlarge",
-           "get_colormap", "image_grid", "overlay", "save_cam_figure", "save_grid",
-           "save_overlay", "to_uint8_rgb", "wrap", "write_png"]
+__all__ = ["cam_figure", "caption_strip", "colorbar", "colorize", "comparison_figure", "dead_tile",
+           "enlarge", "get_colormap", "image_grid", "overlay", "save_cam_figure",
+           "save_comparison", "save_grid", "save_overlay", "to_uint8_rgb", "wrap", "write_png"]
