@@ -5,77 +5,49 @@
     python -m benchmarks.bench_data --folder /tmp/il --pack /tmp/il-packed --workers 1 2 --images 2000
 
 Each row decodes, random-resized-crops to 224, flips and returns uint8 batches of 64,
-training mode, for ``--images`` images after one warm-up batch: resnet-jax's ``Loader``
-from the folder and from the pack (its ``--workers`` decoding threads), with ``--grain``
-the same ``Loader.batch`` run by ``--workers`` grain worker processes, and torchvision's
-``ImageFolder`` + ``DataLoader`` with ``RandomResizedCrop(224)``,
-``RandomHorizontalFlip()`` and ``PILToTensor()`` (uint8) and the same number of worker
-processes. Rows alternate in one process (peer, ours, peer, ours, ...), ``--repeats``
-times; the table gives the best img/s of each, img/s per worker, and ours over the peer.
-Nothing is timed in the tests; run this on a quiet machine.
+training mode, for ``--images`` images after a warm-up (the workers start, and the batches
+they had built ahead are used up, so the timed ones are built while timed): resnet-jax's
+``Loader`` from the folder and from the pack, with ``N`` worker processes (``--workers N``
+in training: grain's ``mp_prefetch``) and with ``N`` threads of one process (``--workers 0
+--threads N``), and torchvision's ``ImageFolder`` + ``DataLoader`` with
+``RandomResizedCrop(224)``, ``RandomHorizontalFlip()`` and ``PILToTensor()`` (uint8) and
+``N`` worker processes. Rows alternate in one process (peer, ours, peer, ours, ...),
+``--repeats`` times; the table gives the best img/s of each, img/s per worker, ours over
+the peer, and the load average of the machine. Nothing is timed in the tests; run this on
+a quiet machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
 
 
-def ours(root: str, workers: int, images: int, batch: int):
+def _warm_up(workers: int) -> int:
+    """Batches read before timing: the first (start-up) and those built ahead meanwhile."""
+    return 1 + 2 * max(1, workers)
+
+
+def ours(root: str, workers: int, images: int, batch: int, processes: bool = True):
+    """resnet-jax's ``Loader``: ``workers`` worker processes, or (``processes`` False)
+    ``workers`` threads of this process."""
     from resnet_jax.data import Loader, Preprocess, load_splits
 
     sets = load_splits(root, test_fraction=0.01, val_fraction=0)
-    loader = Loader(sets["train"], batch, train=True, seed=0, preprocess=Preprocess(224),
-                    workers=workers, prefetch=2 * workers)
+    how = dict(workers=workers) if processes else dict(threads=workers, prefetch=2 * workers)
+    loader = Loader(sets["train"], batch, train=True, seed=0, preprocess=Preprocess(224), **how)
 
     def run():
         with loader.iterator() as it:
-            next(it)  # warm-up: the threads start, the first files are opened
+            for _ in range(_warm_up(workers)):
+                next(it)
             t = time.perf_counter()
             for _ in range(max(1, images // batch)):
                 assert next(it)["image"].dtype == np.uint8
             return max(1, images // batch) * batch / (time.perf_counter() - t)
-    return run
-
-
-class _BuildBatch:
-    """Batch ``position`` of a ``Loader``, built in a grain worker process (picklable)."""
-
-    def __init__(self, loader):
-        self.loader = loader
-
-    def __call__(self, position: int) -> dict:
-        spe = self.loader.steps_per_epoch
-        return self.loader.batch(position // spe, position % spe)
-
-
-def ours_grain(root: str, workers: int, images: int, batch: int):
-    """The same ``Loader.batch`` (same batches, position by position) run by grain's
-    worker processes (``MapDataset`` -> ``mp_prefetch``) instead of threads."""
-    import grain
-    from absl import flags
-
-    from resnet_jax.data import Loader, Preprocess, load_splits
-
-    if not flags.FLAGS.is_parsed():  # grain reads its absl flags in the workers' start
-        flags.FLAGS.mark_as_parsed()
-    sets = load_splits(root, test_fraction=0.01, val_fraction=0)
-    loader = Loader(sets["train"], batch, train=True, seed=0, preprocess=Preprocess(224), workers=1)
-    ds = (grain.MapDataset.range(0, 10**9).map(_BuildBatch(loader))
-          .to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
-          .mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2)))
-
-    def run():
-        it = iter(ds)
-        next(it)  # warm-up: the worker processes start and import
-        t = time.perf_counter()
-        for _ in range(max(1, images // batch)):
-            assert next(it)["image"].dtype == np.uint8
-        rate = max(1, images // batch) * batch / (time.perf_counter() - t)
-        del it
-        return rate
     return run
 
 
@@ -91,7 +63,8 @@ def torchvision_peer(root: str, workers: int, images: int, batch: int):
         loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True, num_workers=workers,
                                              drop_last=True, persistent_workers=False, prefetch_factor=2)
         it = iter(loader)
-        next(it)
+        for _ in range(_warm_up(workers)):
+            next(it)
         t = time.perf_counter()
         for _ in range(max(1, images // batch)):
             assert next(it)[0].dtype == torch.uint8
@@ -104,15 +77,13 @@ def torchvision_peer(root: str, workers: int, images: int, batch: int):
 def measure(args) -> list[tuple[str, int, float]]:
     rows = []
     for w in args.workers:
-        runs = {"torchvision ImageFolder+DataLoader (folder)": torchvision_peer(args.folder, w, args.images, args.batch),
-                "resnet-jax Loader (folder)": ours(args.folder, w, args.images, args.batch)}
-        if args.pack:
-            runs["resnet-jax Loader (pack)"] = ours(args.pack, w, args.images, args.batch)
-        if args.grain:
-            for name, root in (("folder", args.folder), ("pack", args.pack)):
-                if root:
-                    runs[f"resnet-jax batches in grain processes ({name})"] = ours_grain(
-                        root, w, args.images, args.batch)
+        runs = {"torchvision ImageFolder+DataLoader (folder)": torchvision_peer(args.folder, w, args.images, args.batch)}
+        for name, root in (("folder", args.folder), ("pack", args.pack)):
+            if root:
+                runs[f"resnet-jax Loader, worker processes ({name})"] = ours(root, w, args.images, args.batch)
+                if not args.no_threads:
+                    runs[f"resnet-jax Loader, threads of one process ({name})"] = ours(
+                        root, w, args.images, args.batch, processes=False)
         best = dict.fromkeys(runs, 0.0)
         for _ in range(args.repeats):
             for name, run in runs.items():
@@ -121,11 +92,12 @@ def measure(args) -> list[tuple[str, int, float]]:
     return rows
 
 
-def render(rows) -> str:
+def render(rows, load: tuple) -> str:
     peer = {w: r for n, w, r in rows if n.startswith("torchvision")}
     lines = ["| pipeline | workers | img/s | img/s per worker | vs torchvision |", "|---|---|---|---|---|"]
     for name, w, rate in rows:
         lines.append(f"| {name} | {w} | {rate:.0f} | {rate / w:.0f} | {rate / peer[w]:.2f}x |")
+    lines.append(f"\n{os.cpu_count()} cores; load average (1 min) {load[0]:.2f} before, {load[1]:.2f} after")
     return "\n".join(lines)
 
 
@@ -137,10 +109,13 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=2000, help="images timed per row")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--no-threads", action="store_true", help="leave out the rows of threads of one process")
     p.add_argument("--grain", action="store_true",
-                   help="also the same batches built by grain worker processes (pip install grain)")
+                   help="kept for older commands: the worker-process rows (grain) are always measured")
     args = p.parse_args(argv)
-    print(render(measure(args)))
+    before = os.getloadavg()[0]
+    rows = measure(args)
+    print(render(rows, (before, os.getloadavg()[0])))
     return 0
 
 

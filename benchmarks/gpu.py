@@ -10,7 +10,12 @@ BatchNorm statistics and the loss stay float32); torch runs under
 a block of steps dispatched back to back and ended by one device sync, alternating the two
 frameworks, median of the blocks. Then Grad-CAM throughput, and a profile of a few train
 steps of each framework: the kernels that take the most device time, so that a loss can be
-traced to its layers. A table at the end; with ``OUT`` set, the results (JSON), the profile
+traced to its layers. Last, the end-to-end row (``GPU_BENCH_E2E=0`` leaves it out):
+``resnet-jax train`` of the same model, batch and precision on packed shards of
+ImageNet-like 500x375 JPEGs (made here: a few generated, hard-linked to fill one epoch,
+packed at ``--max-side 256``) with ``GPU_BENCH_WORKERS`` worker processes (default: the
+cores less two), in img/s as the training loop logs it (its last window of 20 or more
+steps), next to the bare step's img/s. A table at the end; with ``OUT`` set, the results (JSON), the profile
 summaries and jax's compiled HLO are written there. Installs nothing. With no GPU visible
 it falls back to the tiny sizes by itself.
 """
@@ -131,6 +136,8 @@ def main(argv=None) -> int:
     profiles = {}
     if os.environ.get("GPU_BENCH_PROFILE", "1") != "0":
         profiles = profile_train(run.makers_by_row.get(train_row, {}), out_dir, torch, run.tdev)
+    if os.environ.get("GPU_BENCH_E2E", "1") != "0":
+        _end_to_end_row(run, train_row)
     _report(run, devices, vers, profiles, out_dir)
     return 0
 
@@ -259,6 +266,60 @@ def _gradcam_row(run: _Run, torch):
         run.timed(f"{arch} Grad-CAM fp32 (batch {cam_batch})", makers, cam_batch)
     except Exception as e:
         log(f"Grad-CAM FAILED: {type(e).__name__}: {e}")
+        traceback.print_exc()
+
+
+def _packed_shards(root: Path, images: int, cores: int) -> Path:
+    """Packed shards of ``images`` ImageNet-like 500x375 JPEGs: 256 generated, hard-linked
+    in turn to fill the folder (decoding reads real JPEGs), packed at max side 256."""
+    from benchmarks.bench_startup import link_folder
+    from benchmarks.imagenet_like import generate
+    from resnet_jax.data import pack
+
+    t0 = time.perf_counter()
+    generate(root / "src", min(images, 256), classes=min(100, images // 2), workers=cores, progress=False)
+    link_folder(root / "src", root / "folder", images, classes=min(100, images // 2))
+    pack(root / "folder", root / "packed", max_side=256, workers=cores, progress=False)
+    log(f"end to end: {images} images packed in {time.perf_counter() - t0:.0f} s")
+    return root / "packed"
+
+
+def _end_to_end_row(run: _Run, train_row: str) -> None:
+    """``resnet-jax train`` (train.py) on packed shards with worker processes: the loop's
+    img/s (its last logged window), next to the bare step's."""
+    import subprocess
+    import tempfile
+
+    cores = os.cpu_count() or 1
+    workers = int(os.environ.get("GPU_BENCH_WORKERS", max(1, cores - 2)))
+    steps = int(os.environ.get("GPU_BENCH_E2E_STEPS", 10 if run.tiny else 100))
+    name = f"{run.arch} train bf16, end to end (resnet-jax train, packed shards, {workers} workers)"
+    try:
+        root = Path(tempfile.mkdtemp(prefix="gpu-e2e-"))
+        images = int(steps * run.batch / 0.98) + 100  # one epoch holds every step: no save inside
+        packed = _packed_shards(root, images, cores)
+        cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "train.py"), "--dataset", str(packed),
+               "--arch", run.arch, "--precision", "bf16", "--batch-size", str(run.batch),
+               "--image-size", str(run.size), "--epochs", "1", "--max-steps", str(steps),
+               "--workers", str(workers), "--val-fraction", "0", "--test-fraction", "0.01",
+               "--log-every", "10", "--keep", "1", "--no-progress", "--no-tensorboard", "--no-plots",
+               "--output", str(root / "run")]
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        if done.returncode:
+            raise RuntimeError(f"status {done.returncode}: {done.stderr.strip()[-2000:]}")
+        records = [json.loads(x) for x in (root / "run" / "metrics.jsonl").read_text().splitlines()]
+        ips = [r["images_per_s"] for r in records if r["kind"] == "train" and r.get("images_per_s")][-1]
+        bare = next((r["jax"] for r in run.rows if r["row"] == train_row), None)
+        share = ips / bare if bare else None
+        run.rows.append({"row": name + (f": {share:.0%} of the bare step" if share else "")
+                         + f", {ips / workers:.1f} img/s per worker", "jax": ips, "torch": None,
+                         "ratio": None, "jax_first_s": None, "torch_first_s": None,
+                         "bare_step_img_s": bare, "of_bare_step": share, "workers": workers,
+                         "cores": cores, "e2e_s": time.perf_counter() - t0})
+        log(f"{name}: {ips:.1f} img/s" + (f", {share:.0%} of the bare step's {bare:.1f}" if share else ""))
+    except Exception as e:
+        log(f"end to end FAILED: {type(e).__name__}: {e}")
         traceback.print_exc()
 
 

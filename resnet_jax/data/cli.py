@@ -32,13 +32,15 @@ def register(sub) -> None:
 
 def _common(p, workers: str) -> None:
     p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="3 (RGB, default) or 1")
-    p.add_argument("--workers", type=int, default=4, help=workers)
+    # --threads, as train's flag for threads is named (train's --workers counts processes);
+    # --workers is its former name, still accepted.
+    p.add_argument("--threads", "--workers", dest="workers", type=int, default=4, metavar="N", help=workers)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def _workers(args) -> int:
     if args.workers < 1:
-        raise ResNetJaxError(f"--workers must be an integer >= 1; got {args.workers}")
+        raise ResNetJaxError(f"--threads must be an integer >= 1; got {args.workers}")
     return args.workers
 
 

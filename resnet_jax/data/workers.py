@@ -30,6 +30,7 @@ import time
 
 PARENT_POLL_S = 0.5  # how often a worker checks that the main process is alive
 BATCHES_PER_WORKER = 2  # batches each worker builds ahead
+_AT_EXIT = False  # release_shared_memory is registered to run at exit
 
 
 class _BuildBatch:
@@ -96,6 +97,12 @@ class WorkerBatches:
                            worker_init_fn=functools.partial(_worker_start, os.getpid())))
         self.loader = loader
         self._it = iter(ds)
+        global _AT_EXIT
+        if not _AT_EXIT:  # after the run's last batch is garbage, before the interpreter ends
+            import atexit
+
+            atexit.register(release_shared_memory)
+            _AT_EXIT = True
 
     def __next__(self) -> dict:
         out = next(self._it)
@@ -104,7 +111,28 @@ class WorkerBatches:
         return out["batch"]
 
     def close(self) -> None:
-        """Stop the workers: each ends after the batch it is building; returns once they have."""
+        """Stop the workers: each ends after the batch it is building; returns once they have,
+        and the shared memory of the batches they had built ahead is released."""
         it, self._it = self._it, None
         if it is not None:
             it.close()
+            del it
+            release_shared_memory()
+
+
+def release_shared_memory() -> None:
+    """Release the shared memory of batches no longer referenced: grain unlinks a batch's
+    shared memory in a background thread once the batch is garbage; this waits until every
+    unlink asked for so far is done (at exit too, or Python's resource tracker would
+    report them as leaked and unlink them itself)."""
+    import gc
+
+    from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
+
+    gc.collect()
+    pool = getattr(SharedMemoryArray, "_del_thread_pool", None)  # one thread, tasks in order
+    if pool is not None:
+        try:
+            pool.apply(int)  # runs after every unlink queued before it
+        except ValueError:  # the pool was shut down: nothing is left to wait for
+            pass

@@ -210,6 +210,7 @@ def _train_locked(run: _Run, log) -> dict:
     saver, skips = _Saver(run), _Skips(data, log if run.main_process else (lambda _: None))
     try:
         state, val = _fit(run, state, saver, logs, skips, *steps)
+        saver.close()  # the training batches' threads or worker processes stop before the test pass
         test = _final_evaluation(run, state, logs, steps[1], skips)
         latest_step, best = run.ckpts.latest_step(), run.ckpts.best_step()
     finally:
