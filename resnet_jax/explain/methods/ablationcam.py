@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from ...models.registry import tapped_outputs
 from ..taps import model_variables
 from .base import CAMMethod, LayerPass
-from .scorecam import chunked_map, target_scores
+from .scorecam import check_forward_batch, chunked_map, target_scores
 
 ABLATION_VALUE = 1e7
 
@@ -41,6 +41,9 @@ class AblationCAM(CAMMethod):
     name: ClassVar[str] = "ablationcam"
     forward_batch: int = 32
 
+    def __post_init__(self):
+        check_forward_batch(self.forward_batch)
+
     def pass_weights(self, p: LayerPass):
         v = model_variables(p.variables)
         delta = ablated(p.acts)[:, None, None, None] - p.acts  # (B, h, w, K)
@@ -58,6 +61,6 @@ class AblationCAM(CAMMethod):
     def compute(self, model, variables, x, targets, *, layer=None, key=None,
                 forward_batch=None, **options):
         method = self if forward_batch is None else dataclasses.replace(
-            self, forward_batch=int(forward_batch))
+            self, forward_batch=forward_batch)
         return CAMMethod.compute(method, model, variables, x, targets, layer=layer, key=key,
                                  **options)

@@ -51,11 +51,16 @@ def channel_masks(acts, hw):
     return (up - lo) / (hi - lo + 1e-8)
 
 
+def check_forward_batch(n) -> None:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ResNetJaxError("forward_batch (forward passes per chunk) must be a positive "
+                             f"integer, got {n!r}")
+
+
 def chunked_map(fn, n: int, batch_size: int):
     """``fn`` over indices 0..n-1 as a ``lax.map`` of vmapped chunks of ``batch_size``;
     the last chunk is padded (with index 0) so every chunk has one compiled shape."""
-    if int(batch_size) < 1:
-        raise ResNetJaxError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_forward_batch(batch_size)
     bs = min(int(batch_size), n)
     steps = -(-n // bs)
     idx = jnp.arange(steps * bs) % n
@@ -79,6 +84,9 @@ class ScoreCAM(CAMMethod):
     name: ClassVar[str] = "scorecam"
     forward_batch: int = 16
 
+    def __post_init__(self):
+        check_forward_batch(self.forward_batch)
+
     def pass_weights(self, p: LayerPass):
         x = p.x
         b, k = p.acts.shape[0], p.acts.shape[-1]
@@ -96,6 +104,6 @@ class ScoreCAM(CAMMethod):
     def compute(self, model, variables, x, targets, *, layer=None, key=None,
                 forward_batch=None, **options):
         method = self if forward_batch is None else dataclasses.replace(
-            self, forward_batch=int(forward_batch))
+            self, forward_batch=forward_batch)
         return CAMMethod.compute(method, model, variables, x, targets, layer=layer, key=key,
                                  **options)
