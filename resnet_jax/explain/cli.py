@@ -68,6 +68,17 @@ def register(sub) -> None:
     p.add_argument("--chunk", type=int, default=0, metavar="K",
                    help="run K unrolled steps per compiled call (faster on CPU, longer "
                         "compilation); 0: all steps in one lax.scan")
+    p.add_argument("--examples", type=int, default=0, metavar="K",
+                   help="also find the K images of --data that excite each unit most and "
+                        "draw them (with their receptive fields) beside its optimised image")
+    p.add_argument("--data", default=None, metavar="SPEC",
+                   help="with --examples: a data set as train.py's --dataset (digits, a "
+                        "folder, a pack)")
+    p.add_argument("--split", default=None,
+                   help="with --examples: the split to search (default: val, else test)")
+    p.add_argument("--snapshots", default=None, metavar="STEPS",
+                   help="also write the images after these steps ('0,16,64') as a strip, "
+                        "OUT_steps.png")
     p.add_argument("--out", required=True, type=Path, help="PNG file for the grid")
     p.set_defaults(func=run_visualize)
 
@@ -300,6 +311,13 @@ def check_visualize_args(args) -> None:
     if args.chunk < 0:
         raise ResNetJaxError(f"--chunk {args.chunk}: give 0 (one compiled loop) or a positive "
                              "number of steps per call")
+    examples = getattr(args, "examples", 0)
+    if examples < 0:
+        raise ResNetJaxError(f"--examples {examples}: give a positive number of real images "
+                             "per unit (0: none)")
+    if examples and not getattr(args, "data", None):
+        raise ResNetJaxError("--examples needs --data, the data set to search (e.g. --data "
+                             "digits or a folder of images)")
 
 
 def visualize_target(args, model, shapes, names):
@@ -357,9 +375,14 @@ def run_visualize(args) -> int:
             objective = objective - lam * fn()
             penalties.append(f"{name} {lam:g}")
     check_objective(model, variables, objective, hw, pre)
+    steps_kept = (parse_indices(args.snapshots, "snapshot steps")
+                  if getattr(args, "snapshots", None) else None)
     images = maximize(model, variables, objective, steps=args.steps, seed=args.seed, lr=args.lr,
                       param=args.param, transforms=args.transforms, image_size=hw,
-                      chunk=args.chunk or None, preprocess=pre)
+                      chunk=args.chunk or None, preprocess=pre, snapshots=steps_kept)
+    if steps_kept:
+        images, snaps = images
+        write_snapshots(args, snaps, steps_kept, what)
     values = evaluate(model, variables, target, images, preprocess=pre)
     dead = (dead_units(model, variables, target, images, preprocess=pre) if units
             else np.zeros(len(images), bool))
@@ -367,13 +390,80 @@ def run_visualize(args) -> int:
               for lab, v, d in zip(labels, values, dead)]
     title = f"{what} maximised ({args.steps} steps" + (
         f", {', '.join(penalties)})" if penalties else ")")
-    save_grid(args.out, [None if d else im for im, d in zip(images, dead)], labels, title=title)
+    if getattr(args, "examples", 0):
+        write_examples(args, m, shapes, images, values, title, dead)
+    else:
+        save_grid(args.out, [None if d else im for im, d in zip(images, dead)], labels,
+                  title=title)
     alive = images[~dead]
     ink = float(np.mean(alive > 0.05)) if len(alive) else 0.0
     extra = f", {int(dead.sum())} dead unit(s) marked" if dead.any() else ""
     print(f"wrote {len(images)} images to {args.out} (mean value {np.mean(values):.3g}, "
           f"ink {ink:.1%}{extra})")
     return 0
+
+
+def write_snapshots(args, snaps, steps, what: str) -> None:
+    """The images after ``steps`` as a strip next to --out (OUT_steps.png)."""
+    from .maximize import save_snapshot_strip
+
+    path = args.out.with_name(f"{args.out.stem}_steps.png")
+    save_snapshot_strip(path, snaps, steps, title=f"{what}: the images during optimisation")
+    print(f"wrote the images at steps {', '.join(map(str, steps))} to {path}")
+
+
+def example_units(args, shapes):
+    """The ``explain.examples`` units behind --class or --units of --layer (with
+    --neuron: the centre position, as ``objectives.neuron`` picks it)."""
+    from . import examples as E
+
+    if args.classes is not None:
+        return [E.class_unit(int(u)) for u in parse_indices(args.classes, "classes")]
+    units = parse_indices(args.units, "units")
+    shape = shapes[args.layer]
+    if args.neuron and len(shape) == 4:
+        return [E.neuron_unit(args.layer, u, shape[1] // 2, shape[2] // 2) for u in units]
+    return [E.channel_unit(args.layer, u) for u in units]
+
+
+def example_data(args, m):
+    """The --split of --data, read at the model's size and normalisation."""
+    from ..data import Loader, Preprocess, load_splits
+
+    sets = load_splits(args.data, channels=int(m.model.in_channels))
+    split = args.split or ("val" if "val" in sets else "test")
+    if split not in sets:
+        raise ResNetJaxError(f"--split {split!r}: the data set {args.data!r} has the splits "
+                             f"{', '.join(sets)}")
+    p = m.preprocess
+    pre = Preprocess(image_size=int(p.image_size), crop_pct=float(p.crop_pct), hflip=False,
+                     mean=tuple(p.mean), std=tuple(p.std))
+    return Loader(sets[split], 64, train=False, preprocess=pre, workers=2), split
+
+
+def write_examples(args, m, shapes, images, values, title: str, dead) -> None:
+    """--out: each unit's optimised image beside its top --examples real images of
+    --data, with their receptive-field crops, one block per unit."""
+    import numpy as np
+
+    from ..viz.overlays import _stack, caption_strip, write_png
+    from .examples import examples_figure, top_examples
+
+    loader, split = example_data(args, m)
+    blocks = []
+    for unit, image, value, off in zip(example_units(args, shapes), images, values, dead):
+        ex = top_examples(m.model, m.variables, loader, unit, k=args.examples)
+        blocks.append(examples_figure(image, ex, title=str(unit), value=float(value),
+                                      class_names=m.class_names, dead=bool(off)))
+        print(f"{unit}: top {len(ex)} of {args.data} ({split}): images "
+              f"{', '.join(map(str, ex.indices))}")
+    sep = [np.full((10, max(b.shape[1] for b in blocks), 3), 255, np.uint8)]
+    rows = [caption_strip(title + f"; top {args.examples} images of {args.data} ({split})",
+                          max(b.shape[1] for b in blocks))]
+    for b in blocks:
+        rows += [b] + sep
+    write_png(args.out, _stack(rows))
+    print(f"wrote {len(blocks)} unit(s) with their top examples to {args.out}")
 
 
 __all__ = ["parse_indices", "register", "run_gradcam", "run_visualize"]
