@@ -7,16 +7,30 @@
   class logits, L1/L2/TV penalties) over a ``param`` (raw pixels, Fourier with
   decorrelated colour) with random ``transforms``, compiled as one ``lax.scan``.
 - ``faithfulness``: deletion / insertion curves and the confidence drop.
+- ``concepts``: Deep Feature Factorization, k concepts of a layer (NMF of its
+  activations), each a map per image and its top classes.
+- ``top_examples``: the real images of a data set that excite a unit most, with
+  each one's receptive-field crop (``explain.examples``).
 - ``load_model`` / ``Preprocessing``: a saved model with the preprocessing it was trained
   with; pass ``preprocess=`` to ``gradcam``/``explain``/``maximize`` to apply it.
 """
 
-from . import faithfulness, objectives, param, transforms
+from . import faithfulness, objectives, param, targets, transforms
 from .api import Explanation, compiled, default_layer, explain, gradcam
+from .concepts import Concepts, concepts
+from .examples import Examples, top_examples
 from .inputs import Preprocessing, SavedModel, load_model, preprocessing_for
 from .maximize import dead_units, evaluate, make_maximizer, maximize
 from .methods import METHODS, get_method
 from .objectives import Objective, channel, class_log_prob, class_logit, l1, l2, neuron, stack, tv
+from .targets import (
+    BinaryClassifierOutputTarget,
+    ClassifierOutputReST,
+    ClassifierOutputSoftmaxTarget,
+    ClassifierOutputTarget,
+    FunctionTarget,
+    Target,
+)
 
 __all__ = [
     "METHODS", "Explanation", "Objective", "Preprocessing", "SavedModel", "channel",
@@ -25,3 +39,7 @@ __all__ = [
     "maximize", "neuron", "objectives", "param", "preprocessing_for", "stack", "transforms",
     "tv",
 ]
+__all__ += ["Concepts", "concepts"]
+__all__ += ["BinaryClassifierOutputTarget", "ClassifierOutputReST", "ClassifierOutputSoftmaxTarget",
+            "ClassifierOutputTarget", "FunctionTarget", "Target", "targets"]
+__all__ += ["Examples", "top_examples"]

@@ -54,6 +54,48 @@ def finish_cam(cam, hw):
     return minmax(resize_maps(minmax(cam), hw))
 
 
+def finish_layers(cams, hw):
+    """Several layers' maps (each (..., h_l, w_l), before ReLU) as pytorch-grad-cam's
+    ``aggregate_multi_layers`` combines them: each ReLU'd, scaled to [0, 1] and resized
+    to ``hw``; then the mean over layers, scaled again. One layer: ``finish_cam``."""
+    if len(cams) == 1:
+        return finish_cam(cams[0], hw)
+    resized = [resize_maps(minmax(jnp.maximum(c, 0)), hw) for c in cams]
+    return minmax(jnp.mean(jnp.stack(resized), axis=0))
+
+
+def flip_sign(v, axis=-1):
+    """``v`` times the sign of its entry of largest magnitude along ``axis`` (scikit-learn's
+    ``svd_flip``): a deterministic sign for a singular or eigen vector."""
+    i = jnp.argmax(jnp.abs(v), axis=axis, keepdims=True)
+    s = jnp.sign(jnp.take_along_axis(v, i, axis=axis))
+    return v * jnp.where(s == 0, 1.0, s)
+
+
+def principal_projection(weighted):
+    """pytorch-grad-cam's ``get_2d_projection``: each map's (..., h, w, K) activations,
+    centred over the positions, projected on their first right singular vector -> (..., h, w).
+
+    The first component comes from the eigen-decomposition of the smaller Gram matrix
+    (``M M^T`` (hw x hw) or ``M^T M`` (K x K)), and its sign is fixed by ``flip_sign`` (the
+    projection's largest entry is positive, as scikit-learn's KernelPCA fixes it): a
+    singular vector's sign is arbitrary, and LAPACK builds differ in the one they return.
+    """
+    *lead, h, w, k = weighted.shape
+    m = jnp.nan_to_num(weighted.reshape(*lead, h * w, k))
+    m = m - jnp.mean(m, axis=-2, keepdims=True)
+    hp = jax.lax.Precision.HIGHEST
+    if h * w <= k:
+        gram = jnp.einsum("...ik,...jk->...ij", m, m, precision=hp)
+        lam, vec = jnp.linalg.eigh(gram)
+        proj = vec[..., -1] * jnp.sqrt(jnp.maximum(lam[..., -1:], 0))
+    else:
+        gram = jnp.einsum("...ik,...il->...kl", m, m, precision=hp)
+        vec = jnp.linalg.eigh(gram)[1][..., -1]
+        proj = jnp.einsum("...ik,...k->...i", m, vec, precision=hp)
+    return flip_sign(proj).reshape(*lead, h, w)
+
+
 def finish_saliency(sal):
     """Per-image min-max scaling of an input-resolution map to [0, 1]."""
     return minmax(sal)
