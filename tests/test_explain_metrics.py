@@ -14,6 +14,7 @@ from PIL import Image
 import resnet_jax
 from resnet_jax.errors import ResNetJaxError
 from resnet_jax.explain import faithfulness, metrics
+from resnet_jax.explain import targets as targets_mod
 from resnet_jax.port import from_torch
 
 pgc = pytest.importorskip("pytorch_grad_cam")
@@ -123,6 +124,11 @@ def test_road_combined_over_nine_percentiles_matches_pytorch_grad_cam(scene, rec
         ref = pgc_road.ROADCombined()(nchw(x), maps, [target(k) for k in given], tv)
         assert len(record_torch_noise) == 2 * len(metrics.ROAD_PERCENTILES) * len(x)
         ours = metrics.road_combined(model, variables, x, maps, given, score=score,
+                                     rng=Recorded(list(record_torch_noise)))
+        assert np.abs(ours - ref).max() <= min(TOL, 1e-2 * np.abs(ref).max()), (ours, ref)
+        # the same with our target functions of the same names
+        ours = metrics.road_combined(model, variables, x, maps,
+                                     [getattr(targets_mod, target.__name__)(k) for k in given],
                                      rng=Recorded(record_torch_noise))
         assert np.abs(ours - ref).max() <= min(TOL, 1e-2 * np.abs(ref).max()), (ours, ref)
     targets = [ClassifierOutputSoftmaxTarget(k) for k in given]
@@ -196,3 +202,6 @@ def test_metric_inputs_are_checked(small):
                                            score="margin")
     with pytest.raises(ResNetJaxError, match=r"maps of shape \(2, 16\) do not fit"):
         faithfulness.deletion_curve(model, variables, x, np.zeros((2, 16)))
+    with pytest.raises(ResNetJaxError, match="one class's probability per image"):
+        faithfulness.deletion_curve(model, variables, x, np.zeros((2, 16, 16)),
+                                    targets_mod.ClassifierOutputTarget(1))

@@ -32,7 +32,16 @@ import numpy as np
 from ..errors import ResNetJaxError
 from ..xla_cpu import inference_jit
 from .taps import model_variables
-from .targets import normalize_targets, num_classes_of
+from .targets import TargetTable, normalize_targets, num_classes_of
+
+
+def _class_targets(model, batch, targets) -> np.ndarray:
+    """(B,) classes, -1 for the predicted one."""
+    t, multi = normalize_targets(targets, batch, num_classes_of(model))
+    if multi or isinstance(t, TargetTable):
+        raise ResNetJaxError("deletion, insertion and the confidence drop score one class's "
+                             "probability per image: give None, a class, or one per image")
+    return t[:, 0]
 
 
 def _probs_fn(model, variables):
@@ -102,7 +111,7 @@ def _curve(model, variables, images, maps, targets, steps, baseline, blur_sigma,
     if x.ndim != 4 or maps.shape != x.shape[:3]:
         raise ResNetJaxError(f"maps of shape {maps.shape} do not fit images of shape "
                              f"{x.shape}: give one (H, W) map per (H, W, C) image")
-    t, _ = normalize_targets(targets, x.shape[0], num_classes_of(model))
+    t = _class_targets(model, x.shape[0], targets)
     b, h, w = maps.shape
     # rank 0 = most salient pixel
     order = np.argsort(-maps.reshape(b, -1), axis=1, kind="stable")
@@ -110,7 +119,7 @@ def _curve(model, variables, images, maps, targets, steps, baseline, blur_sigma,
     base_img = baseline_images(x, baseline, blur_sigma)
     fractions = np.linspace(0.0, 1.0, steps + 1, dtype=np.float32)
     run = _curve_program(model, h, w, insert)
-    curve = run(model_variables(variables), x, base_img, ranks, t[:, 0], fractions)
+    curve = run(model_variables(variables), x, base_img, ranks, t, fractions)
     return fractions, np.asarray(curve)  # (steps + 1, B)
 
 
@@ -143,10 +152,10 @@ def confidence_drop(model, variables, images, maps, targets=None, baseline: floa
     the confidence."""
     x = jnp.asarray(images, jnp.float32)
     m = jnp.asarray(maps, jnp.float32)[..., None]
-    t, _ = normalize_targets(targets, x.shape[0], num_classes_of(model))
+    t = _class_targets(model, x.shape[0], targets)
     probs = inference_jit(_probs_fn(model, variables))
     p_all = probs(x)
-    t = jnp.where(t[:, 0] < 0, jnp.argmax(p_all, -1), jnp.asarray(t[:, 0]))
+    t = jnp.where(t < 0, jnp.argmax(p_all, -1), jnp.asarray(t))
     p = jnp.take_along_axis(p_all, t[:, None], axis=1)[:, 0]
     pm = jnp.take_along_axis(probs(baseline + m * (x - baseline)), t[:, None], axis=1)[:, 0]
     return np.asarray(jnp.maximum(0.0, p - pm) / p)

@@ -19,9 +19,11 @@ Which pixels go, as pytorch-grad-cam decides it: MoRF at percentile p keeps the 
 whose map value is below the map's p-th percentile; LeRF at p keeps the pixels whose
 ``1 - map`` is below its p-th percentile.
 
-Scores: ``score="logit"`` (pytorch-grad-cam's ``ClassifierOutputTarget``),
-``"probability"`` (``ClassifierOutputSoftmaxTarget``) or a function
-``(logits (N, classes), targets (N,)) -> (N,)``. The images are imputed on the host; the
+Targets: None (each image's predicted class), a class or one per image, scored by
+``score="logit"`` (pytorch-grad-cam's ``ClassifierOutputTarget``), ``"probability"``
+(``ClassifierOutputSoftmaxTarget``) or a function ``(logits (N, classes), targets (N,))
+-> (N,)``; or target functions of ``explain.targets`` (pytorch-grad-cam's names), which
+score themselves. The images are imputed on the host; the
 model scores the original and every perturbed batch in one compiled program.
 """
 
@@ -36,7 +38,13 @@ import numpy as np
 from ..errors import ResNetJaxError
 from ..xla_cpu import inference_jit
 from .taps import model_variables
-from .targets import normalize_targets, num_classes_of
+from .targets import (
+    TargetTable,
+    normalize_targets,
+    num_classes_of,
+    resolve_targets,
+    target_scores,
+)
 
 # (row offset, column offset), weight: the imputer's neighbourhood
 NEIGHBOR_WEIGHTS = (((1, 1), 1 / 12), ((0, 1), 1 / 6), ((-1, 1), 1 / 12), ((1, -1), 1 / 12),
@@ -119,16 +127,21 @@ def _score_fn(score):
 
 @functools.lru_cache(maxsize=16)
 def _scorer(model, score):
-    """``(variables, x (B,...), perturbed (P, B, ...), targets (B,)) -> (before (B,),
-    after (P, B), targets (B,))``, the targets -1 resolved to the predicted class."""
+    """``(variables, x (B,...), perturbed (P, B, ...), targets) -> (before (B,),
+    after (P, B))``; targets: (B,) classes (-1: the predicted one) read by ``score``, or a
+    ``TargetTable`` of target functions. The predicted class is the original image's."""
     fn = _score_fn(score)
 
-    def run(variables, x, perturbed, t):
+    def run(variables, x, perturbed, targets):
         fwd = lambda z: model.apply(variables, z, train=False)  # noqa: E731
         logits = fwd(x)
-        t = jnp.where(t < 0, jnp.argmax(logits, -1), t)
-        after = jax.lax.map(lambda z: fn(fwd(z), t), perturbed)
-        return fn(logits, t), after, t
+        if isinstance(targets, TargetTable):
+            t = resolve_targets(logits, targets)
+            one = lambda lg: target_scores(lg, targets, t)[0]  # noqa: E731
+        else:
+            t = jnp.where(targets < 0, jnp.argmax(logits, -1), targets)
+            one = lambda lg: fn(lg, t)  # noqa: E731
+        return one(logits), jax.lax.map(lambda z: one(fwd(z)), perturbed)
 
     return inference_jit(run)
 
@@ -139,21 +152,26 @@ def _inputs(model, images, maps, targets):
     if x.ndim != 4 or m.shape != x.shape[:3]:
         raise ResNetJaxError(f"maps of shape {m.shape} do not fit images of shape {x.shape}: "
                              "give one (H, W) map per (H, W, C) image")
-    t, multi = normalize_targets(targets, x.shape[0], num_classes_of(model))
+    return x, m, _targets(model, x.shape[0], targets)
+
+
+def _targets(model, batch, targets):
+    t, multi = normalize_targets(targets, batch, num_classes_of(model))
     if multi:
         raise ResNetJaxError("these metrics score one target per image: give None, one "
-                             "class, or one class per image")
-    return x, m, t[:, 0]
+                             "class or target function, or one per image")
+    return t if isinstance(t, TargetTable) else jnp.asarray(t[:, 0])
 
 
 def score_change(model, variables, images, perturbed, targets=None, score="logit"):
     """``(P, B)`` score of each perturbed batch minus the score of ``images``, for the
-    targets (None: each image's predicted class)."""
+    targets: None (each image's predicted class), classes (scored by ``score``) or target
+    functions (``explain.targets``, e.g. ``ClassifierOutputSoftmaxTarget(k)``)."""
     x = np.asarray(images, np.float32)
-    t, _ = normalize_targets(targets, x.shape[0], num_classes_of(model))
-    before, after, _ = _scorer(model, score)(model_variables(variables), jnp.asarray(x),
-                                             jnp.asarray(perturbed, jnp.float32),
-                                             jnp.asarray(t[:, 0]))
+    t = targets if isinstance(targets, TargetTable | jax.Array) else _targets(
+        model, x.shape[0], targets)
+    before, after = _scorer(model, score)(model_variables(variables), jnp.asarray(x),
+                                          jnp.asarray(perturbed, jnp.float32), t)
     return np.asarray(after, np.float32) - np.asarray(before, np.float32)[None]
 
 
