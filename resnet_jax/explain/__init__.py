@@ -7,6 +7,8 @@
   class logits, L1/L2/TV penalties) over a ``param`` (raw pixels, Fourier with
   decorrelated colour) with random ``transforms``, compiled as one ``lax.scan``.
 - ``faithfulness``: deletion / insertion curves and the confidence drop.
+- ``metrics``: ROAD (most / least relevant first, combined) with its noisy linear
+  imputation, and the confidence change under the map-multiplied image.
 - ``concepts``: Deep Feature Factorization, k concepts of a layer (NMF of its
   activations), each a map per image and its top classes.
 - ``top_examples``: the real images of a data set that excite a unit most, with
@@ -15,13 +17,15 @@
   with; pass ``preprocess=`` to ``gradcam``/``explain``/``maximize`` to apply it.
 """
 
-from . import faithfulness, objectives, param, targets, transforms
+from . import faithfulness, metrics, objectives, param, targets, transforms
 from .api import Explanation, compiled, default_layer, explain, gradcam
 from .concepts import Concepts, concepts
 from .examples import Examples, top_examples
+from .faithfulness import baseline_images, deletion_curve, insertion_curve
 from .inputs import Preprocessing, SavedModel, load_model, preprocessing_for
 from .maximize import dead_units, evaluate, make_maximizer, maximize
 from .methods import METHODS, get_method
+from .metrics import cam_mult_confidence_change, road_combined, road_lerf, road_morf
 from .objectives import Objective, channel, class_log_prob, class_logit, l1, l2, neuron, stack, tv
 from .targets import (
     BinaryClassifierOutputTarget,
@@ -43,3 +47,5 @@ __all__ += ["Concepts", "concepts"]
 __all__ += ["BinaryClassifierOutputTarget", "ClassifierOutputReST", "ClassifierOutputSoftmaxTarget",
             "ClassifierOutputTarget", "FunctionTarget", "Target", "targets"]
 __all__ += ["Examples", "top_examples"]
+__all__ += ["baseline_images", "cam_mult_confidence_change", "deletion_curve", "insertion_curve",
+            "metrics", "road_combined", "road_lerf", "road_morf"]
