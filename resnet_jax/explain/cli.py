@@ -4,6 +4,8 @@
                        [--layer layer4] [--method gradcam++] --out maps/ [--save-maps]
     resnet-jax visualize --weights DIR --layer conv2 --units 0-15 --out filters.png
     resnet-jax visualize --weights DIR --class 0-9 --l1 0.2 --out classes.png
+    resnet-jax visualize --weights DIR --layer conv2 --units 0-3 --examples 6 --data digits \
+                         [--snapshots 0,16,64] --out conv2.png
 """
 
 from __future__ import annotations
