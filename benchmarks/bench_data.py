@@ -60,7 +60,9 @@ def torchvision_peer(root: str, workers: int, images: int, batch: int):
     data = datasets.ImageFolder(root, transform=tf)
 
     def run():
-        loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True, num_workers=workers,
+        timed = (_warm_up(workers) + max(1, images // batch)) * batch  # may pass an epoch's end
+        sampler = torch.utils.data.RandomSampler(data, num_samples=max(timed, len(data)))
+        loader = torch.utils.data.DataLoader(data, batch_size=batch, sampler=sampler, num_workers=workers,
                                              drop_last=True, persistent_workers=False, prefetch_factor=2)
         it = iter(loader)
         for _ in range(_warm_up(workers)):

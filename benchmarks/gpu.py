@@ -305,7 +305,8 @@ def _end_to_end_row(run: _Run, train_row: str) -> None:
                "--log-every", "10", "--keep", "1", "--no-progress", "--no-tensorboard", "--no-plots",
                "--output", str(root / "run")]
         t0 = time.perf_counter()
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        budget = float(os.environ.get("GPU_BENCH_TIMEOUT", 0)) - (t0 - T_START) - 30  # gpu.sh's timeout
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=budget if budget > 0 else 900)
         if done.returncode:
             raise RuntimeError(f"status {done.returncode}: {done.stderr.strip()[-2000:]}")
         records = [json.loads(x) for x in (root / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -375,6 +375,16 @@ def test_worker_processes_build_the_threads_batches_for_each_host_and_resume_mid
     assert Loader(synthetic(n=16), 4, train=True, workers=2).workers == 0
 
 
+
+@pytest.mark.slow
+def test_strict_stops_in_a_worker_process_naming_the_file(tmp_path):
+    pytest.importorskip("grain")
+    data = image_folder(_folder(tmp_path / "set"), strict=True)
+    with pytest.raises(DatasetError, match=r"3\.png.*--strict"):
+        _epochs(Loader(data, 12, train=True, seed=0, workers=1), n=1)
+    assert not _worker_children()
+
+
 JOURNEY = ["--arch", "my_resnet", "--stage-widths", "8,16", "--image-size", "16", "--batch-size", "2",
            "--val-fraction", "0", "--epochs", "10", "--no-progress", "--no-tensorboard", "--no-plots"]
 JOURNEY_STEPS = 160  # 32 training images (8 held out for the test), 16 steps an epoch
