@@ -168,3 +168,27 @@ def concepts(model, variables, images, layer: str | None = None, k: int = 5, *,
     maps, emb, logits, probs, top_c, top_p, iters = out
     return Concepts(maps=maps, embeddings=emb, logits=logits, probs=probs,
                     top_classes=top_c, top_probs=top_p, iterations=int(iters), layer=layer)
+
+
+def concept_figure(image, found: Concepts, index: int = 0, class_names=None,
+                   top: int = 2, scale: int | None = None) -> np.ndarray:
+    """One row as uint8 (H, W, 3): image ``index`` of the batch (RGB, [0, 1] or uint8, at
+    the input's size), then each concept's map over it, captioned under the picture with
+    the concept's ``top`` classes and their probabilities. ``class_names``: a sequence of
+    names (ImageNet's for a 1000-class model when None, else the class indices)."""
+    from ..viz.overlays import cam_figure
+
+    if not 0 <= index < found.maps.shape[0]:
+        raise ResNetJaxError(f"index {index} is out of range for {found.maps.shape[0]} images")
+    if class_names is None and found.logits.shape[-1] == 1000:
+        from ..imagenet import class_names as imagenet_names
+
+        class_names = imagenet_names()
+    labels = []
+    for j in range(found.maps.shape[1]):
+        parts = []
+        for c, p in list(zip(found.top_classes[j], found.top_probs[j]))[:top]:
+            name = class_names[int(c)].split(",")[0] if class_names is not None else f"#{c}"
+            parts.append(f"{name} {p:.2f}")
+        labels.append(f"concept {j}: " + ", ".join(parts))
+    return cam_figure(image, list(found.maps[index]), labels, show_map=False, scale=scale)

@@ -4,7 +4,9 @@ The layer's output A is replaced by copies with one channel k ablated, and the t
 score y^k of each copy is compared with the original score y:
 w_k = (y - y^k) / y,  map = ReLU(sum_k w_k A^k).
 A channel is ablated to 0 when the image's smallest activation is 0 (after a ReLU), and
-otherwise to that minimum - 1e7.
+otherwise to that minimum - 1e7. (pytorch-grad-cam lowers that minimum in place as it
+ablates the copies of one batch, so its i-th copy gets minimum - (i + 1) * 1e7; after a
+ReLU, where both ablate to 0, the two agree.)
 
 The copies are fed through the model's ``perturbations`` collection (the layer's output
 plus ``ablated - A``), ``forward_batch`` channels per forward pass, each over the whole
@@ -22,7 +24,7 @@ import jax.numpy as jnp
 from ...models.registry import tapped_outputs
 from ..taps import model_variables
 from .base import CAMMethod, LayerPass
-from .scorecam import check_forward_batch, chunked_map, target_scores
+from .scorecam import check_forward_batch, chunked_map, forward_batch
 
 ABLATION_VALUE = 1e7
 
@@ -39,6 +41,7 @@ class AblationCAM(CAMMethod):
     ``batch_size``); an option of ``explain``/``gradcam`` as well."""
 
     name: ClassVar[str] = "ablationcam"
+    uses_gradients: ClassVar[bool] = False
     forward_batch: int = 32
 
     def __post_init__(self):
@@ -53,14 +56,7 @@ class AblationCAM(CAMMethod):
             pert = jnp.where(jnp.arange(k) == c, delta, 0.0)
             return tapped_outputs(p.model, v, p.x, perturbations={p.layer: pert})[0]
 
-        logits = chunked_map(one, k, self.forward_batch)  # (K, B, classes)
-        scores = target_scores(p, jnp.moveaxis(logits, 0, 1))  # (T, B, K)
-        original = target_scores(p, p.logits)[..., None]  # (T, B, 1)
+        logits = chunked_map(one, k, forward_batch(self, p))  # (K, B, classes)
+        scores = p.scores(jnp.moveaxis(logits, 0, 1))  # (T, B, K)
+        original = p.scores(p.logits)[..., None]  # (T, B, 1)
         return (original - scores) / original
-
-    def compute(self, model, variables, x, targets, *, layer=None, key=None,
-                forward_batch=None, **options):
-        method = self if forward_batch is None else dataclasses.replace(
-            self, forward_batch=forward_batch)
-        return CAMMethod.compute(method, model, variables, x, targets, layer=layer, key=key,
-                                 **options)

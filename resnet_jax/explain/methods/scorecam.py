@@ -68,12 +68,11 @@ def chunked_map(fn, n: int, batch_size: int):
     return jax.tree.map(lambda a: a.reshape((steps * bs,) + a.shape[2:])[:n], out)
 
 
-def target_scores(p: LayerPass, logits):
-    """(T, B, ...) the target scores of ``logits`` (B, ..., classes): each target's
-    cotangent (its score's gradient w.r.t. the logits) dotted with the logits, which is
-    the target class's logit for class-index targets."""
-    return jnp.einsum("tbc,b...c->tb...", p.cotangents, logits,
-                      precision=jax.lax.Precision.HIGHEST)
+def forward_batch(method, p: LayerPass) -> int:
+    """The ``forward_batch`` option of this call, else the method's own."""
+    n = p.options.get("forward_batch", method.forward_batch)
+    check_forward_batch(n)
+    return int(n)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +81,7 @@ class ScoreCAM(CAMMethod):
     ``batch_size``); an option of ``explain``/``gradcam`` as well."""
 
     name: ClassVar[str] = "scorecam"
+    uses_gradients: ClassVar[bool] = False
     forward_batch: int = 16
 
     def __post_init__(self):
@@ -98,12 +98,5 @@ class ScoreCAM(CAMMethod):
             masked = x[img] * masks[img, ch][:, :, None]
             return p.model.apply(v, masked[None], train=False)[0]
 
-        logits = chunked_map(one, b * k, self.forward_batch).reshape(b, k, -1)
-        return jax.nn.softmax(target_scores(p, logits), axis=-1)
-
-    def compute(self, model, variables, x, targets, *, layer=None, key=None,
-                forward_batch=None, **options):
-        method = self if forward_batch is None else dataclasses.replace(
-            self, forward_batch=forward_batch)
-        return CAMMethod.compute(method, model, variables, x, targets, layer=layer, key=key,
-                                 **options)
+        logits = chunked_map(one, b * k, forward_batch(self, p)).reshape(b, k, -1)
+        return jax.nn.softmax(p.scores(logits), axis=-1)  # (T, B, K)
