@@ -131,3 +131,30 @@ def test_top_examples_of_a_trained_class_unit_are_of_that_class():
         np.testing.assert_array_equal(ex.labels, yte[ex.indices])
         hits.append(np.mean(ex.labels == c))
     assert min(hits) >= 0.9, hits
+
+
+@pytest.mark.slow  # three compiled programs (maximiser, top-k pass, receptive fields)
+def test_visualize_draws_the_optimised_image_beside_its_top_examples(tmp_path, capsys):
+    """resnet-jax visualize --examples K --data digits: one picture; the images it names
+    are top_examples' on the same split, read at the model's size."""
+    from PIL import Image
+
+    from resnet_jax.cli import main
+    from resnet_jax.data import Loader, Preprocess, load_splits
+
+    model = resnet_jax.create_model("digit_cnn")
+    variables = resnet_jax.init_variables(model, 0)
+    d = tmp_path / "model"
+    resnet_jax.save(d, model, variables, arch="digit_cnn")
+    out = tmp_path / "conv2.png"
+    rc = main(["visualize", "--weights", str(d), "--layer", "conv2", "--units", "4",
+               "--steps", "4", "--examples", "3", "--data", "digits", "--snapshots", "0,4",
+               "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0 and out.exists() and (tmp_path / "conv2_steps.png").exists(), text
+    pre = Preprocess(image_size=28, crop_pct=1.0, hflip=False, mean=(0.0,), std=(1.0,))
+    loader = Loader(load_splits("digits", channels=1)["val"], 64, train=False, preprocess=pre)
+    ex = top_examples(model, variables, loader, ("conv2", 4), k=3)
+    assert f"images {', '.join(map(str, ex.indices))}" in text, text
+    w, h = Image.open(out).size
+    assert w >= 4 * 112 and h >= 2 * 112  # optimised + 3 examples, a row of crops
