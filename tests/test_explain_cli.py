@@ -365,3 +365,29 @@ def test_gradcam_compare_writes_one_row_per_method_from_the_methods_own_maps(
     rc = main(["gradcam", "--weights", str(saved_digit_model), str(img), "--compare",
                "gradcam,nosuch", "--out", str(out)])
     assert rc == 2 and "unknown method 'nosuch'" in capsys.readouterr().err
+
+
+def test_gradcam_command_reaches_the_cam_options_and_score_kinds(saved_digit_model, tmp_path,
+                                                                  rng, capsys):
+    from resnet_jax.explain import explain
+    from resnet_jax.explain.inputs import load_model
+    from resnet_jax.explain.targets import ClassifierOutputSoftmaxTarget
+
+    img = tmp_path / "digit.png"
+    Image.fromarray(rng.integers(0, 255, (28, 28), np.uint8)).save(img)
+    out = tmp_path / "opts"
+    rc = main(["gradcam", "--weights", str(saved_digit_model), str(img), "--target", "2",
+               "--method", "layercam", "--layer", "conv1", "--layer", "conv2", "--score",
+               "softmax", "--eigen-smooth", "--save-maps", "--out", str(out)])
+    assert rc == 0 and "conv1 + conv2" not in capsys.readouterr().err
+    m = load_model(saved_digit_model, say=lambda line: None)
+    ref = explain(m.model, m.variables, [img], [[ClassifierOutputSoftmaxTarget(2)]],
+                  layer=["conv1", "conv2"], method="layercam", preprocess=m.preprocess,
+                  eigen_smooth=True)
+    np.testing.assert_allclose(np.load(out / "digit_layercam.npy"), ref.maps[0], atol=1e-6)
+    plain = explain(m.model, m.variables, [img], [2], layer="conv2", method="layercam",
+                    preprocess=m.preprocess)
+    assert np.abs(plain.maps[0] - ref.maps[0, 0]).max() > 1e-3  # the options changed the map
+    rc = main(["gradcam", "--weights", str(saved_digit_model), str(img), "--method", "saliency",
+               "--aug-smooth", "--out", str(out)])
+    assert rc == 2 and "--aug-smooth: only for CAM methods" in capsys.readouterr().err

@@ -15,6 +15,10 @@ from pathlib import Path
 from ..errors import ResNetJaxError
 from .methods import METHODS
 
+# --score: the Target class (explain.targets) for each choice.
+SCORES = {"logit": "ClassifierOutputTarget", "softmax": "ClassifierOutputSoftmaxTarget",
+          "rest": "ClassifierOutputReST"}
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -26,9 +30,19 @@ def register(sub) -> None:
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     p.add_argument("--target", type=int, action="append", metavar="CLASS",
                    help="class to explain (repeat for several per image); default: predicted")
-    p.add_argument("--layer", default=None,
-                   help="named output for CAM methods (default: the last stage, e.g. layer4)")
+    p.add_argument("--layer", action="append", default=None, metavar="NAME",
+                   help="named output for CAM methods (default: the last stage, e.g. layer4); "
+                        "repeat for several layers at once (their maps are combined)")
     p.add_argument("--method", default="gradcam", choices=list(METHODS))
+    p.add_argument("--score", choices=list(SCORES), default="logit",
+                   help="what is explained for each class: its logit (default), its softmax "
+                        "probability, or its logit minus its cross-entropy (rest)")
+    p.add_argument("--eigen-smooth", action="store_true",
+                   help="CAM methods: the first principal component of the weighted "
+                        "activations instead of their sum (less noise)")
+    p.add_argument("--aug-smooth", action="store_true",
+                   help="CAM methods: average the maps of flipped and rescaled copies "
+                        "(test-time augmentation, 6x the work)")
     p.add_argument("--compare", metavar="METHODS", default=None,
                    help="'all' or a comma list of methods: one picture per image and target "
                         "with one row per method (instead of --method)")
@@ -234,16 +248,17 @@ def run_gradcam(args) -> int:
             raise ResNetJaxError(f"--target {bad[0]} is out of range: the model has {n} classes "
                                  f"(valid indices 0..{n - 1})")
         targets = [list(args.target)] * len(args.images)
+    targets = scored_targets(args.score, targets, len(args.images))
     if compare:
         return write_comparisons(args, m, targets, compare)
-    result = explain(m.model, m.variables, list(args.images), targets, layer=args.layer,
-                     method=args.method, preprocess=m.preprocess)
+    result = explain(m.model, m.variables, list(args.images), targets, layer=layer_option(args),
+                     method=args.method, preprocess=m.preprocess, **cam_options(args, args.method))
     maps = result.maps if result.maps.ndim == 4 else result.maps[:, None]
     tgts = result.targets if result.targets.ndim == 2 else result.targets[:, None]
     scores = result.scores if result.scores.ndim == 2 else result.scores[:, None]
     names = m.class_names
     out_dir = output_dir(args.out)
-    where = f" at {result.layer}" if result.layer else ""
+    where = f" at {layer_label(result.layer)}" if result.layer else ""
     written = []
     for i, (path, stem) in enumerate(zip(args.images, output_names(args.images, result.method))):
         for j in range(maps.shape[1]):
@@ -262,6 +277,44 @@ def run_gradcam(args) -> int:
     return 0
 
 
+def scored_targets(score: str, targets, n_images: int):
+    """The --target classes (``None``: the predicted class) as ``score`` targets."""
+    if score == "logit":
+        return targets
+    from . import targets as T
+
+    kind = getattr(T, SCORES[score])
+    rows = targets or [[None]] * n_images
+    return [[kind(c) for c in row] for row in rows]
+
+
+def layer_label(layer) -> str:
+    return layer if isinstance(layer, str) else " + ".join(layer)
+
+
+def layer_option(args):
+    """``--layer`` given once: that name; several times: the names; never: None."""
+    if not args.layer:
+        return None
+    return args.layer[0] if len(args.layer) == 1 else list(args.layer)
+
+
+def cam_options(args, method: str) -> dict:
+    """--eigen-smooth / --aug-smooth for a CAM method (refused for the others)."""
+    from .methods import get_method
+
+    wanted = {k: True for k in ("eigen_smooth", "aug_smooth") if getattr(args, k)}
+    if not wanted:
+        return {}
+    if not get_method(method).uses_layer:
+        if args.compare:
+            return {}  # a comparison applies them to the CAM methods only
+        flags = ", ".join("--" + k.replace("_", "-") for k in wanted)
+        raise ResNetJaxError(f"{flags}: only for CAM methods; {method} works on the input's "
+                             "gradients (choose e.g. --method gradcam)")
+    return wanted
+
+
 def write_comparisons(args, m, targets, methods: list[str]) -> int:
     """``--compare``: every method on the same images and targets, one picture per image
     and target, one row per method."""
@@ -272,7 +325,8 @@ def write_comparisons(args, m, targets, methods: list[str]) -> int:
     for name in methods:
         print(f"{name} ...", flush=True)
         results.append(explain(m.model, m.variables, list(args.images), targets,
-                               layer=args.layer, method=name, preprocess=m.preprocess))
+                               layer=layer_option(args), method=name, preprocess=m.preprocess,
+                               **cam_options(args, name)))
     first = results[0]
     tgts = first.targets if first.targets.ndim == 2 else first.targets[:, None]
     scores = first.scores if first.scores.ndim == 2 else first.scores[:, None]
@@ -282,7 +336,8 @@ def write_comparisons(args, m, targets, methods: list[str]) -> int:
         for j in range(tgts.shape[1]):
             k = int(tgts[i, j])
             cams = [r.maps[i, j] if r.maps.ndim == 4 else r.maps[i] for r in results]
-            rows = [f"{r.method}" + (f" at {r.layer}" if r.layer else "") for r in results]
+            rows = [f"{r.method}" + (f" at {layer_label(r.layer)}" if r.layer else "")
+                    for r in results]
             title = f"{class_label(m.class_names, k)}: p={scores[i, j]:.3f} - {path}"
             out = out_dir / f"{stem}_{k}.png"
             save_comparison(out, first.images[i], cams, rows, title=title, alpha=args.alpha,
