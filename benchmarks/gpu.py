@@ -294,8 +294,8 @@ def _end_to_end_row(run: _Run, train_row: str) -> None:
     workers = int(os.environ.get("GPU_BENCH_WORKERS", max(1, cores - 2)))
     steps = int(os.environ.get("GPU_BENCH_E2E_STEPS", 10 if run.tiny else 100))
     name = f"{run.arch} train bf16, end to end (resnet-jax train, packed shards, {workers} workers)"
+    root = Path(tempfile.mkdtemp(prefix="gpu-e2e-"))
     try:
-        root = Path(tempfile.mkdtemp(prefix="gpu-e2e-"))
         images = int(steps * run.batch / 0.98) + 100  # one epoch holds every step: no save inside
         packed = _packed_shards(root, images, cores)
         cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "train.py"), "--dataset", str(packed),
@@ -322,6 +322,10 @@ def _end_to_end_row(run: _Run, train_row: str) -> None:
     except Exception as e:
         log(f"end to end FAILED: {type(e).__name__}: {e}")
         traceback.print_exc()
+    finally:
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _report(run: _Run, devices, vers, profiles, out_dir):
