@@ -109,6 +109,88 @@ def bench_gradcam(tv, model, variables, batch: int, repeats: int, rng):
     return t_ours, t_theirs, diff
 
 
+# Our method name -> pytorch-grad-cam's class name: the CAM methods timed against their peer.
+CAM_PEERS = {
+    "xgradcam": "XGradCAM", "layercam": "LayerCAM", "eigencam": "EigenCAM",
+    "eigengradcam": "EigenGradCAM", "gradcamelementwise": "GradCAMElementWise",
+    "kpcacam": "KPCA_CAM", "shapleycam": "ShapleyCAM", "finercam": "FinerCAM", "fem": "FEM",
+    "fullgrad": "FullGrad", "scorecam": "ScoreCAM", "ablationcam": "AblationCAM",
+}
+# The forward-only methods run one forward pass per channel and image (2,048 for resnet50's
+# layer4): timed at a smaller batch, with the plain inference ratio next to them (the
+# bound: both sides spend nearly all their time in those forward passes).
+FORWARD_ONLY = ("scorecam", "ablationcam")
+
+
+def bench_cam_method(name: str, tv, model, variables, batch: int, repeats: int, rng):
+    """(our seconds, peer's seconds, max |map difference|) for one method at layer4."""
+    import pytorch_grad_cam
+    import torch
+
+    from resnet_jax.explain import gradcam
+
+    x = rng.standard_normal((batch, 224, 224, 3)).astype(np.float32)
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    peer = getattr(pytorch_grad_cam, CAM_PEERS[name])
+    layers = [] if name == "fullgrad" else [tv.layer4]
+    cam = peer(tv, layers)
+
+    def ours():
+        return gradcam(model, variables, x, layer="layer4", method=name)
+
+    def theirs():
+        return cam(xt, targets=None)
+
+    diff = float(np.abs(ours() - theirs()).max())
+    t_ours, t_theirs = alternate(ours, theirs, repeats)
+    base = getattr(cam, "base_cam", cam)
+    base.activations_and_grads.release()
+    return t_ours, t_theirs, diff
+
+
+def bench_inference(tv, model, variables, batch: int, repeats: int, rng):
+    """(our seconds, torch's seconds) for one eval-mode forward pass of ``batch`` images."""
+    import jax
+    import torch
+
+    from resnet_jax import xla_cpu
+
+    x = rng.standard_normal((batch, 224, 224, 3)).astype(np.float32)
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    fwd = xla_cpu.inference_jit(lambda v, x: model.apply(v, x, train=False))
+
+    def ours():
+        return jax.block_until_ready(fwd(variables, x))
+
+    def theirs():
+        with torch.no_grad():
+            return tv(xt)
+
+    return alternate(ours, theirs, repeats)
+
+
+def cam_method_rows(tv, model, variables, args, rng) -> list:
+    from resnet_jax.explain.methods import METHODS
+
+    ours = {n.replace("_", ""): n for n in METHODS}
+    rows = []
+    names = [n for n in CAM_PEERS if n in ours and (not args.methods or n in args.methods)]
+    for key in names:
+        batch = args.forward_batch if key in FORWARD_ONLY else args.cam_batch
+        t, p, diff = bench_cam_method(ours[key], tv, model, variables, batch, args.repeats, rng)
+        target = ">= 3x" if key == "scorecam" else ">= 2x"
+        rows.append((f"{CAM_PEERS[key]}, resnet50 layer4, batch {batch}, 224x224 (images/s)",
+                     f"{batch / t:.2f}", f"{batch / p:.2f}", p / t, target))
+        print(f"{key} batch {batch}: ours {t:.2f} s, pytorch-grad-cam {p:.2f} s, ratio "
+              f"{p / t:.2f}x (max |map diff| {diff:.1e})", flush=True)
+    if any(k in FORWARD_ONLY for k in names):
+        t, p = bench_inference(tv, model, variables, 32, args.repeats, rng)
+        rows.append(("Inference, resnet50, batch 32, 224x224 (images/s): the forward-only "
+                     "methods' bound", f"{32 / t:.2f}", f"{32 / p:.2f}", p / t, "-"))
+        print(f"inference batch 32: ratio {p / t:.2f}x", flush=True)
+    return rows
+
+
 def bench_am(tv, model, variables, steps: int, repeats: int, channels: int = 16, size: int = 128,
              chunk: int | None = None):
     import jax
@@ -150,6 +232,18 @@ def main(argv=None):
                     help="steps per unrolled chunk for the chunked maximisation row")
     ap.add_argument("--skip-am", action="store_true")
     ap.add_argument("--skip-cam", action="store_true")
+    ap.add_argument("--skip-methods", action="store_true",
+                    help="leave out the rows of the other CAM methods")
+    ap.add_argument("--methods", type=lambda s: [m.strip().replace("_", "").lower()
+                                                 for m in s.split(",")], default=None,
+                    help="comma list of CAM methods to time (default: all with a peer)")
+    ap.add_argument("--skip-objectives", action="store_true",
+                    help="leave out the rows of Lucent's objectives")
+    ap.add_argument("--am-size", type=int, default=224,
+                    help="image side for the objective rows")
+    ap.add_argument("--cam-batch", type=int, default=32)
+    ap.add_argument("--forward-batch", type=int, default=1,
+                    help="batch for ScoreCAM and AblationCAM (one forward pass per channel)")
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     args = ap.parse_args(argv)
@@ -183,6 +277,17 @@ def main(argv=None):
                      f"{t1 * 1e3:.0f}", f"{p1 * 1e3:.0f}", p1 / t1, "<= 1/3 (>= 3x)"))
         print(f"gradcam batch 1: ours {t1 * 1e3:.0f} ms, pytorch-grad-cam {p1 * 1e3:.0f} ms, "
               f"speed-up {p1 / t1:.2f}x (max |map diff| {diff1:.1e})")
+    if not args.skip_methods:
+        rows += cam_method_rows(tv, model, variables, args, rng)
+    if not args.skip_objectives:
+        from benchmarks.bench_objectives import measure
+
+        for name, (t, p) in measure("resnet50", args.am_size, args.am_steps,
+                                    args.repeats).items():
+            rows.append((f"Activation maximisation, Lucent's `{name}` objective, resnet50, "
+                         f"{args.am_size}x{args.am_size} fft + standard transforms "
+                         f"({args.am_steps} steps, runs/s)", f"{1 / t:.3f}", f"{1 / p:.3f}",
+                         p / t, ">= 2x"))
     if not args.skip_am:
         for chunk, how in [(None, "one lax.scan"), (args.chunk, f"chunks of {args.chunk} unrolled steps")]:
             am_ours, am_theirs = bench_am(tv, model, variables, args.am_steps, args.repeats,
@@ -208,7 +313,8 @@ def render(args, info: dict, rows: list) -> str:
     lines = [
         "## Explain", "",
         f"`python benchmarks/bench_explain.py --repeats {args.repeats} --am-steps {args.am_steps}"
-        f" --chunk {args.chunk}`"
+        f" --chunk {args.chunk} --cam-batch {args.cam_batch} --forward-batch "
+        f"{args.forward_batch} --am-size {args.am_size}`"
         f" on {info['cpu']}, {info['cores']} cores ({info['platform']}), {info['date']}; "
         f"jax {info['jax']} ({info['jax_backend']}), torch {info['torch']} "
         f"({info['torch_threads']} threads), torchvision {info['torchvision']}, grad-cam "
@@ -227,7 +333,13 @@ def render(args, info: dict, rows: list) -> str:
               "`channel('layer4', k, batch=k)` (its parameters keep requires_grad, as Lucent "
               "leaves them). Grad-CAM latency ratio is the peer's time over ours. The chunked "
               "row runs the same optimisation as jitted programs of a few unrolled steps "
-              "instead of one lax.scan (`maximize(..., chunk=k)`).", ""]
+              "instead of one lax.scan (`maximize(..., chunk=k)`). The other CAM methods: "
+              "pytorch-grad-cam's class of the same name with `target_layers=[model.layer4]` "
+              "(FullGrad: all bias layers), the ratio is the peer's time over ours; ScoreCAM "
+              "and AblationCAM run one forward pass per layer4 channel (2,048) and image, so "
+              "they are timed at a smaller batch, with the plain inference ratio of the same "
+              "run as their bound. The objective rows: `benchmarks/bench_objectives.py`'s "
+              "pairs, torch-lucent `render_vis` on the same weights.", ""]
     return "\n".join(lines)
 
 
