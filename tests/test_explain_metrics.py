@@ -42,15 +42,14 @@ def photos(names, hw):
 
 @pytest.fixture(scope="module")
 def scene():
-    """A ported resnet18 (random weights and BatchNorm), two photos, pytorch-grad-cam's
-    Grad-CAM maps of them at layer3 for the predicted class, and those classes."""
+    """A ported resnet18 (random weights and BatchNorm), two photos and a map of each: its
+    blurred brightness, scaled to [0, 1] (any map does; this one has no ties)."""
     tv = torchvision_model("resnet18", seed=0)
     model, variables = from_torch(tv)
     x = photos(["chelsea", "coffee"], (32, 40))
-    pred = tv(nchw(x)).argmax(1).tolist()
-    with pgc.GradCAM(tv, [tv.layer3]) as cam:
-        maps = cam(nchw(x), targets=[ClassifierOutputTarget(k) for k in pred])
-    return tv, model, variables, x, np.asarray(maps, np.float32), pred
+    bright = faithfulness.baseline_images(x, "blur", 2.0).mean(-1)
+    lo, hi = bright.min((1, 2), keepdims=True), bright.max((1, 2), keepdims=True)
+    return tv, model, variables, x, ((bright - lo) / (hi - lo)).astype(np.float32)
 
 
 class Recorded:
@@ -86,7 +85,7 @@ def _given(rng, n):
 def test_road_matches_pytorch_grad_cam(scene, record_torch_noise, rng):
     """One percentile, most and least relevant first: the imputed images and the score
     changes, with pytorch-grad-cam's own noise replayed into our imputer."""
-    tv, model, variables, x, maps, pred = scene
+    tv, model, variables, x, maps = scene
     given = _given(rng, len(x))
     targets = [ClassifierOutputTarget(k) for k in given]
     for cls, ours_fn, morf in [(pgc_road.ROADMostRelevantFirst, metrics.road_morf, True),
@@ -104,7 +103,8 @@ def test_road_matches_pytorch_grad_cam(scene, record_torch_noise, rng):
 
 
 def test_cam_mult_confidence_change_matches_pytorch_grad_cam(scene):
-    tv, model, variables, x, maps, pred = scene
+    tv, model, variables, x, maps = scene
+    pred = tv(nchw(x)).argmax(1).tolist()
     ref = CamMultImageConfidenceChange()(nchw(x), maps, [ClassifierOutputTarget(k) for k in pred],
                                          tv)
     ours = metrics.cam_mult_confidence_change(model, variables, x, maps)  # predicted class
@@ -116,7 +116,7 @@ def test_road_combined_over_nine_percentiles_matches_pytorch_grad_cam(scene, rec
                                                                       rng):
     """ROADCombined draws LeRF's noise for every percentile, then MoRF's; the confidence
     change of the softmax probability too."""
-    tv, model, variables, x, maps, pred = scene
+    tv, model, variables, x, maps = scene
     given = _given(rng, len(x))
     for target, score in [(ClassifierOutputTarget, "logit"),
                           (ClassifierOutputSoftmaxTarget, "probability")]:
@@ -202,6 +202,8 @@ def test_metric_inputs_are_checked(small):
                                            score="margin")
     with pytest.raises(ResNetJaxError, match=r"maps of shape \(2, 16\) do not fit"):
         faithfulness.deletion_curve(model, variables, x, np.zeros((2, 16)))
+    with pytest.raises(ResNetJaxError, match="at least 1 step"):
+        faithfulness.insertion_curve(model, variables, x, np.zeros((2, 16, 16)), steps=0)
     with pytest.raises(ResNetJaxError, match="one class's probability per image"):
         faithfulness.deletion_curve(model, variables, x, np.zeros((2, 16, 16)),
                                     targets_mod.ClassifierOutputTarget(1))

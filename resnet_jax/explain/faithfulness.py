@@ -89,18 +89,24 @@ def baseline_images(images, baseline="blur", blur_sigma: float | None = None) ->
 
 
 @functools.lru_cache(maxsize=16)
-def _curve_program(model, h: int, w: int, insert: bool):
-    def run(variables, x, base_img, ranks, t, fractions):
-        probs = _probs_fn(model, variables)
-        logits = model.apply(model_variables(variables), x, train=False)
-        t = jnp.where(t < 0, jnp.argmax(logits, -1), t)
+def _curve_program(model, h: int, w: int):
+    """One program for deletion and insertion (``insert`` is an argument). The fractions
+    0 and 1 are always scored, and one of them is the image itself (fraction 0 of a
+    deletion, 1 of an insertion): its logits give the predicted class, so the program
+    holds one forward pass."""
 
+    def run(variables, x, base_img, ranks, t, fractions, insert):
         def one(f):
             chosen = (ranks < jnp.round(f * h * w))[..., None]
-            xi = jnp.where(chosen, x, base_img) if insert else jnp.where(chosen, base_img, x)
-            return jnp.take_along_axis(probs(xi), t[:, None], axis=1)[:, 0]
+            xi = jnp.where(chosen == insert, x, base_img)
+            return model.apply(variables, xi, train=False)
 
-        return jax.lax.map(one, fractions)
+        logits = jax.lax.map(one, fractions)  # (F, B, classes)
+        own = jnp.where(insert, logits[-1], logits[0])
+        t = jnp.where(t < 0, jnp.argmax(own, -1), t)
+        probs = jax.nn.softmax(logits, axis=-1)
+        return jnp.take_along_axis(probs, jnp.broadcast_to(t[None, :, None], probs.shape[:2] + (1,)),
+                                   axis=-1)[..., 0]
 
     return inference_jit(run)
 
@@ -111,6 +117,9 @@ def _curve(model, variables, images, maps, targets, steps, baseline, blur_sigma,
     if x.ndim != 4 or maps.shape != x.shape[:3]:
         raise ResNetJaxError(f"maps of shape {maps.shape} do not fit images of shape "
                              f"{x.shape}: give one (H, W) map per (H, W, C) image")
+    if int(steps) < 1:
+        raise ResNetJaxError(f"steps={steps}: a curve needs at least 1 step (fractions 0 "
+                             "and 1 of the pixels)")
     t = _class_targets(model, x.shape[0], targets)
     b, h, w = maps.shape
     # rank 0 = most salient pixel
@@ -118,8 +127,8 @@ def _curve(model, variables, images, maps, targets, steps, baseline, blur_sigma,
     ranks = np.argsort(order, axis=1).reshape(b, h, w)
     base_img = baseline_images(x, baseline, blur_sigma)
     fractions = np.linspace(0.0, 1.0, steps + 1, dtype=np.float32)
-    run = _curve_program(model, h, w, insert)
-    curve = run(model_variables(variables), x, base_img, ranks, t, fractions)
+    run = _curve_program(model, h, w)
+    curve = run(model_variables(variables), x, base_img, ranks, t, fractions, np.bool_(insert))
     return fractions, np.asarray(curve)  # (steps + 1, B)
 
 

@@ -133,15 +133,17 @@ def _scorer(model, score):
     fn = _score_fn(score)
 
     def run(variables, x, perturbed, targets):
-        fwd = lambda z: model.apply(variables, z, train=False)  # noqa: E731
-        logits = fwd(x)
+        # the image rides along as the first batch: one forward pass in the program
+        logits = jax.lax.map(lambda z: model.apply(variables, z, train=False),
+                             jnp.concatenate([x[None], perturbed]))
         if isinstance(targets, TargetTable):
-            t = resolve_targets(logits, targets)
+            t = resolve_targets(logits[0], targets)
             one = lambda lg: target_scores(lg, targets, t)[0]  # noqa: E731
         else:
-            t = jnp.where(targets < 0, jnp.argmax(logits, -1), targets)
+            t = jnp.where(targets < 0, jnp.argmax(logits[0], -1), targets)
             one = lambda lg: fn(lg, t)  # noqa: E731
-        return one(logits), jax.lax.map(lambda z: one(fwd(z)), perturbed)
+        scores = jax.vmap(one)(logits)
+        return scores[0], scores[1:]
 
     return inference_jit(run)
 
