@@ -68,7 +68,7 @@ def status():
 
 before = status()
 sets = load_splits(sys.argv[1])
-loader = Loader(sets['train'], 64, train=True, seed=0, preprocess=Preprocess(224), workers=2)
+loader = Loader(sets['train'], 64, train=True, seed=0, preprocess=Preprocess(224), threads=2)
 with loader.iterator() as it:
     next(it)
 after = status()
@@ -91,7 +91,7 @@ def _first_step_seconds(folder, checkout: Path, timeout: float, cache: Path | No
     run_dir = Path(tempfile.mkdtemp(prefix="bench-startup-"))
     args = [sys.executable, str(checkout / "train.py"), "--dataset", str(folder), "--arch", "my_resnet",
             "--stage-widths", "8,16", "--image-size", "32", "--batch-size", "16", "--max-steps", "5",
-            "--workers", "2", "--no-progress", "--no-tensorboard", "--no-plots",
+            "--threads", "2", "--no-progress", "--no-tensorboard", "--no-plots",
             "--output", str(run_dir / "run")]
     env = {**os.environ, "PYTHONPATH": str(checkout), "RESNET_JAX_CACHE": str(cache or run_dir / "cache")}
     metrics = run_dir / "run" / "metrics.jsonl"

@@ -156,7 +156,7 @@ def _jpeg_folder(root: str, n: int, classes: int = 4, size=(320, 240)) -> str:
 
 
 def row_pipeline(args) -> dict:
-    """Images/s of the training input pipeline (resnet_jax.data), workers as the CLI's default."""
+    """Images/s of the training input pipeline (resnet_jax.data), threads as the CLI's default."""
     from resnet_jax.data import datasets, pipeline
 
     out = {}
@@ -169,9 +169,9 @@ def row_pipeline(args) -> dict:
     pre = datasets.Preprocess(args.size)
     cases.append(("jpeg", folder, pre, args.batch))
     for name, data, pre, batch in cases:
-        loader = pipeline.Loader(data, batch, train=True, preprocess=pre, workers=args.workers)
+        loader = pipeline.Loader(data, batch, train=True, preprocess=pre, threads=args.threads)
         it = loader.iterator()
-        next(it)  # start the workers
+        next(it)  # start the threads
         n = max(args.repeats * 2, 8)
         t0 = time.perf_counter()
         for _ in range(n):
@@ -290,7 +290,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--torch-compile", action="store_true")
     ap.add_argument("--framework", default="jax")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--digits-batch", type=int, default=64)
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--train-args", default="", help="one string, split like a shell")

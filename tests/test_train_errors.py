@@ -310,7 +310,7 @@ def test_sigterm_mid_run_exits_143_keeps_the_last_checkpoint_and_resume_continue
     half-written step, no process left behind; the latest step loads and --resume ends the run."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "RESNET_JAX_CACHE": str(tmp_path / "cache")}
     args = [str(REPO / "train.py"), "--dataset", DATA, "--arch", "my_resnet", "--stage-widths", "8,16",
-            "--batch-size", "16", "--epochs", "40", "--checkpoint-every", "2", "--workers", "2",
+            "--batch-size", "16", "--epochs", "40", "--checkpoint-every", "2", "--threads", "2",
             "--no-progress", "--no-tensorboard", "--no-plots", "--output", "run"]
     before = _descendants(os.getpid())
     proc = subprocess.Popen([sys.executable, *args], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,

@@ -23,7 +23,7 @@ from resnet_jax.train.logs import read_metrics
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(dataset="synthetic:classes=3,size=8,n=96", arch="my_resnet",
             model_options={"stage_widths": [8, 16]}, batch_size=16, progress=False,
-            tensorboard=False, plots=False, workers=2)
+            tensorboard=False, plots=False, threads=2)
 TINY_ARGS = ["--dataset", "synthetic:classes=3,size=8,n=96", "--arch", "my_resnet",
              "--stage-widths", "8,16", "--batch-size", "16", "--no-progress", "--no-tensorboard"]
 
