@@ -11,6 +11,7 @@ Nothing here imports jax.
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -67,9 +68,10 @@ def read_image_reduced(path, channels: int, need, data: bytes | None = None,
             f"({Image.MAX_IMAGE_PIXELS}) allows, so it may be a decompression bomb ({e})"
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+        said = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "its stored bytes", str(e))
         raise ImageError(
             f"cannot read image {path}: it is truncated or not an image file "
-            f"(expected a {IMAGE_FORMATS}; {type(e).__name__}: {e})"
+            f"(expected a {IMAGE_FORMATS}; {type(e).__name__}: {said})"
         ) from None
     return (arr[..., None] if arr.ndim == 2 else arr), scale, full
 
