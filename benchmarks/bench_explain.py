@@ -131,7 +131,7 @@ def bench_cam_method(name: str, tv, model, variables, batch: int, repeats: int, 
 
     x = rng.standard_normal((batch, 224, 224, 3)).astype(np.float32)
     xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    peer = getattr(pytorch_grad_cam, CAM_PEERS[name])
+    peer = getattr(pytorch_grad_cam, CAM_PEERS[name.replace("_", "")])
     layers = [] if name == "fullgrad" else [tv.layer4]
     cam = peer(tv, layers)
 
