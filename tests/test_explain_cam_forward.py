@@ -55,7 +55,8 @@ def reference(cls, tv, layer, x, targets):
 METHODS = {"scorecam": pgc.ScoreCAM, "ablationcam": pgc.AblationCAM}
 
 
-@pytest.mark.parametrize("method,layer", [("scorecam", "layer1"), ("ablationcam", "layer1")])
+@pytest.mark.parametrize("method,layer", [("scorecam", "layer1"), pytest.param(
+    "ablationcam", "layer1", marks=pytest.mark.slow)])
 def test_forward_methods_match_pytorch_grad_cam(ported, rng, method, layer):
     """One call covers a given class (image 0) and the predicted class (image 1, None).
     32 px and layer1 (64 channels) keep the per-channel forward passes cheap; the sweep

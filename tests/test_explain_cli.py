@@ -33,7 +33,7 @@ def test_unknown_layer_lists_valid_names(small_resnet, rng):
     with pytest.raises(ResNetJaxError, match="no spatial map"):
         gradcam(model, variables, x, layer="fc")
     with pytest.raises(ResNetJaxError, match="unknown method"):
-        gradcam(model, variables, x, layer="layer2", method="scorecam")
+        gradcam(model, variables, x, layer="layer2", method="nosuchcam")
 
 
 def test_class_index_out_of_range(small_resnet, rng):

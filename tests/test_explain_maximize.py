@@ -197,6 +197,7 @@ def test_redirected_relu_passes_gradient_to_dead_units():
     assert np.allclose(redirected[1], plain[1])  # live examples keep the true gradient
 
 
+@pytest.mark.slow  # test_explain_cam checks the ReLU field makes its own program
 def test_a_models_act_field_carries_the_redirected_relu():
     """With every hidden unit switched off for every input, no gradient reaches the image
     through the plain model; ``model.clone(act=redirected_relu)`` passes one, and keeps

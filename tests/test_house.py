@@ -218,6 +218,7 @@ def test_ops_max_pool_gradient_equals_torch_and_lax_on_ties(shape, window, strid
     np.testing.assert_allclose(np.asarray(vjp_lax(g)[0]), np.asarray(dx), rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow  # the other ops tests run by default
 def test_ops_relu_gradient_equals_flax_relu():
     """ops.relu masks its gradient by its stored output; values and gradients are flax's,
     at exact zeros (gradient 0), -0.0 and NaN too; and a CPU-fast model's input gradient
@@ -245,6 +246,7 @@ def test_ops_relu_gradient_equals_flax_relu():
                                atol=1e-5 * float(jnp.abs(want).max()))
 
 
+@pytest.mark.slow  # a scan of three compiled gradient programs
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's layouts")
 def test_cpu_fast_gradients_in_a_scan_are_canonical_and_equal():
     """Inside lax.scan, XLA:CPU compiles only canonical (b01f_01io->b01f) convolutions

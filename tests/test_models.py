@@ -66,6 +66,7 @@ def test_stage_outputs_chain_like_the_course():
     np.testing.assert_allclose(out["avgpool"], out["layer4"].mean(axis=(1, 2)), rtol=1e-6)
 
 
+@pytest.mark.slow  # statistics over every architecture's initialisation
 def test_initialisation_matches_torchvision_statistics():
     """Every tensor starts with the same distribution as torchvision's: kaiming normal
     (fan_out) convolutions, torch's default Linear, BatchNorm scale 1 / bias 0, and with

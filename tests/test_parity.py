@@ -19,7 +19,10 @@ STAGES = ("layer1", "layer2", "layer3", "layer4")
 TOL = 1e-5
 
 
-@pytest.mark.parametrize("arch", arch_params(TORCHVISION_ARCHS))
+# resnet18 (BasicBlock) and resnext50_32x4d (grouped Bottleneck) run by default.
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow)
+                                  if a in ("resnet34", "resnet50") else a
+                                  for a in arch_params(TORCHVISION_ARCHS)])
 def test_eval_parity_every_stage(arch, rng):
     tv = torchvision_model(arch, seed=int(rng.integers(1 << 30)))
     model, variables = from_torch(tv)
@@ -39,7 +42,8 @@ def test_eval_parity_every_stage(arch, rng):
         np.testing.assert_array_equal(ours["fc"].argmax(-1), ref["fc"].argmax(-1))
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "resnext50_32x4d"])
+@pytest.mark.parametrize("arch", ["resnet18", pytest.param("resnet50", marks=pytest.mark.slow),
+                                  pytest.param("resnext50_32x4d", marks=pytest.mark.slow)])
 def test_train_mode_forward_and_running_statistics(arch, rng):
     """Batch statistics in the forward pass, and torch's running-statistics update:
     running = 0.9 * running + 0.1 * batch, with the batch variance entering unbiased
@@ -88,6 +92,7 @@ def test_train_mode_forward_and_running_statistics(arch, rng):
     np.testing.assert_allclose(got - biased, 0.1 * c.var(0) / (n - 1), rtol=0.1, atol=1.5e-7)
 
 
+@pytest.mark.slow  # test_train_step.py checks bf16 compute in the default run
 def test_bfloat16_compute_keeps_float32_parameters_and_statistics(rng):
     tv = torchvision_model("resnet18", seed=int(rng.integers(1 << 30)))
     _, variables = from_torch(tv)

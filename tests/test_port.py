@@ -133,6 +133,7 @@ def test_bad_files_give_clear_errors(tmp_path):
         from_torch(not_a_dict)
 
 
+@pytest.mark.slow  # builds every architecture to compare key sets
 def test_mismatched_state_dict_without_arch_names_closest_arch_and_keys():
     """Without an arch, a state dict that fits none names the closest one and what differs
     from it (missing, unexpected and mismatched keys), as a given arch does."""

@@ -257,6 +257,7 @@ def test_ctrl_c_during_imports_or_a_save_prints_no_traceback(tmp_path):
     resnet_jax.checkpoint.load_step(step)
 
 
+@pytest.mark.slow  # its Ctrl-C sibling runs by default
 def test_sigterm_during_imports_or_a_save_stops_as_ctrl_c_does_with_status_143(tmp_path):
     early = _interrupted_python(SIGINT_AT_JAX_IMPORT.replace("SIGINT", "SIGTERM"),
                                 [str(REPO / "train.py"), *TINY_ARGS, "--output", "a"], tmp_path)

@@ -138,6 +138,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(variables))
 
 
+@pytest.mark.slow  # a training journey; test_models checks with_new_head by default
 def test_finetune_new_head_with_frozen_backbone(tmp_path):
     source = resnet_jax.create_model("my_resnet", num_classes=7, stem="small", stage_widths=(8, 16))
     src_vars = resnet_jax.init_variables(source, 1, 8)
@@ -185,6 +186,7 @@ def _folder_with_a_broken_image(root, per_class: int, side: int):
     return root
 
 
+@pytest.mark.slow  # test_data_pipeline's skip-and-count test runs by default
 def test_corrupt_images_are_skipped_with_a_warning_or_fail_under_strict(tmp_path, capsys):
     root = _folder_with_a_broken_image(tmp_path / "imgs", 12, 10)
     args = ["train", "--dataset", str(root), "--arch", "my_resnet", "--stage-widths", "8,16",
@@ -264,6 +266,7 @@ def _assert_same_run(run_dir, reference):
     assert int(va["batch_stats"]["bn1"]["num_batches_tracked"]) == 6
 
 
+@pytest.mark.slow  # two training runs in fresh processes
 def test_four_devices_match_one_device(tmp_path, env, one_device_run):
     four = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     r4 = _run([*MESH_ARGS, "--output", "four"], four, tmp_path)
