@@ -263,6 +263,7 @@ def test_to_torch_on_full_disk_leaves_no_partial_file(tmp_path, small, capsys, m
     assert out.read_bytes() == before
 
 
+@pytest.mark.slow  # convert runs under file-size limits; the bad-input cases run by default
 def test_convert_on_full_disk_or_unusable_out_keeps_previous_model(tmp_path, small, capsys,
                                                                     monkeypatch):
     """The flax side: disk full during orbax's write, an --out under a file; one line,
@@ -295,6 +296,7 @@ def test_convert_on_full_disk_or_unusable_out_keeps_previous_model(tmp_path, sma
     assert listing(tmp_path) == before and sorted(os.listdir(tmp_path)) == ["file.txt", "parent"]
 
 
+@pytest.mark.slow  # two converts racing
 def test_out_written_by_another_process_meanwhile_is_not_replaced(tmp_path, small, capsys,
                                                                   monkeypatch):
     """Two converts to one --out: the one that finishes second is refused with one line;

@@ -193,6 +193,7 @@ def test_shapleycam_hessian_term(ported, photos, target, layer):
         assert np.abs(plain - ref).max() > 1e-2
 
 
+@pytest.mark.slow  # the option sweep runs in make test-slow; test_explain_cli checks the options by default
 def test_options_together_match_pytorch_grad_cam(ported, photos, signed_svd):
     """Two layers at once, eigen_smooth, aug_smooth and a softmax target in one call; the
     explanation reports each target's score (here the softmax probability)."""

@@ -123,6 +123,7 @@ def test_gradcam_command(saved_digit_model, tmp_path, rng, capsys):
     assert rc == 2 and "cannot read image" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the visualize option and padding tests run by default
 def test_visualize_command(saved_digit_model, tmp_path, capsys):
     grid = tmp_path / "filters.png"
     rc = main(["visualize", "--weights", str(saved_digit_model), "--layer", "conv2",
@@ -147,6 +148,7 @@ def test_visualize_command(saved_digit_model, tmp_path, capsys):
 # --------------------------------------------------------------------------- defaults
 
 
+@pytest.mark.slow  # builds three architectures; gradcam's default layer runs in the other tests
 def test_default_layer_is_the_last_stage_of_every_model(small_resnet, rng):
     model, variables = small_resnet
     x = rng.random((2, 32, 32, 3), np.float32)

@@ -418,6 +418,7 @@ def test_a_flipped_bit_in_the_latest_step_falls_back_to_the_newest_intact_one(tw
     assert sorted(p.name for p in run.iterdir() if p.name[0].isdigit()) == ["2", "4.damaged"]
 
 
+@pytest.mark.slow  # its flipped-bit sibling runs by default
 def test_a_truncated_latest_step_resumes_from_the_older_one(two_step_run, tmp_path):
     run = _copy(two_step_run, tmp_path)
     for f in (run / "4").rglob("*"):
