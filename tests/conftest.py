@@ -93,6 +93,23 @@ def rng(request):
     return np.random.default_rng(seed)
 
 
+
+def imagenet_photos(names, hw) -> np.ndarray:
+    """scikit-image's photos (``astronaut``, ``coffee``, ...) resized to ``hw`` (bilinear)
+    and normalised with ImageNet's mean and std, as (N, H, W, 3) float32."""
+    from PIL import Image
+    from skimage import data as skimage_data
+
+    from resnet_jax import imagenet
+
+    mean, std = np.asarray(imagenet.MEAN), np.asarray(imagenet.STD)
+    out = []
+    for name in names:
+        img = Image.fromarray(getattr(skimage_data, name)()).convert("RGB")
+        img = np.asarray(img.resize((hw[1], hw[0]), Image.BILINEAR)) / 255.0
+        out.append(((img - mean) / std).astype(np.float32))
+    return np.stack(out)
+
 def run_python(code: str) -> None:
     """Run ``code`` in a fresh interpreter (imports start from nothing); fail with its stderr."""
     import subprocess

@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import nchw, torchvision_model
-from PIL import Image
+from conftest import imagenet_photos, nchw, torchvision_model
 
 import resnet_jax
 from resnet_jax.errors import ResNetJaxError
@@ -22,17 +21,7 @@ captum_attr = pytest.importorskip("captum.attr")
 skimage_data = pytest.importorskip("skimage.data")
 
 TOL = 1e-3
-MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-
-
-def photos(names, hw):
-    """scikit-image's photos resized to ``hw`` and normalised as ImageNet models expect."""
-    out = []
-    for name in names:
-        img = Image.fromarray(getattr(skimage_data, name)()).convert("RGB")
-        img = np.asarray(img.resize((hw[1], hw[0]), Image.BILINEAR)) / 255.0
-        out.append(((img - MEAN) / STD).astype(np.float32))
-    return np.stack(out)
+photos = imagenet_photos
 
 
 @pytest.fixture(scope="module")
