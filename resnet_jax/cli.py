@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 
+from . import interrupts
 from .errors import ResNetJaxError
 
 COMMAND_MODULES = [
@@ -113,7 +114,7 @@ def _sigint_ignored_unless_terminated(signum, frame):
     """Stands for an inherited SIG_IGN (a background job's SIGINT): Ctrl-C stays ignored,
     but the SIGINT that ``interrupts_deferred`` re-raises for a SIGTERM after a save stops."""
     if _TERMINATED:
-        raise KeyboardInterrupt
+        interrupts.noting(signum, frame)
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -137,6 +138,9 @@ def run(argv: list[str] | None = None) -> int:
     import jax  # noqa: F401
 
     ignored = previous == signal.SIG_IGN
+    if previous is signal.default_int_handler:  # a Ctrl-C that a finalizer swallows still stops
+        previous = interrupts.noting
+    sys.unraisablehook = interrupts.unraisable_hook
     signal.signal(signal.SIGINT, _sigint_ignored_unless_terminated if ignored else previous)
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     gc.freeze()

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..interrupts import raise_if_interrupted
 from .datasets import DatasetError, ImageSet, Preprocess
 from .images import ImageError
 from .transforms import eval_transform, eval_transform_file, train_transform, train_transform_file
@@ -246,6 +247,7 @@ class DataIterator:
         return self
 
     def __next__(self) -> dict:
+        raise_if_interrupted()  # a Ctrl-C swallowed by a finalizer (of a batch's shared memory)
         if self.loader.workers:
             if self._workers is None:
                 from .workers import WorkerBatches
