@@ -43,6 +43,14 @@ def read_image_reduced(path, channels: int, need, data: bytes | None = None,
     reduced): a pixel coordinate ``x`` of the full image is ``x * scale`` in the result.
     With ``data`` (an encoded image held in memory) that is decoded and ``path`` only names it.
     """
+    im, scale, full = open_reduced(path, channels, need, data)
+    arr = np.asarray(im, np.uint8)
+    return (arr[..., None] if arr.ndim == 2 else arr), scale, full
+
+
+def open_reduced(path, channels: int, need, data: bytes | None = None):
+    """``read_image_reduced`` giving the decoded PIL image (mode "L" or "RGB") instead of
+    an array, for callers that resample it next: no full-size copy into numpy."""
     import io
 
     from PIL import Image, UnidentifiedImageError
@@ -61,7 +69,6 @@ def read_image_reduced(path, channels: int, need, data: bytes | None = None,
                 scale = _draft(im, need(*full) if need is not None else None)
                 im.load()
                 im = _convert(im, channels)
-                arr = np.asarray(im, np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(
             f"cannot read image {path}: it has more pixels than PIL.Image.MAX_IMAGE_PIXELS "
@@ -73,7 +80,7 @@ def read_image_reduced(path, channels: int, need, data: bytes | None = None,
             f"cannot read image {path}: it is truncated or not an image file "
             f"(expected a {IMAGE_FORMATS}; {type(e).__name__}: {said})"
         ) from None
-    return (arr[..., None] if arr.ndim == 2 else arr), scale, full
+    return im, scale, full
 
 
 def _draft(im, size) -> float:
@@ -107,7 +114,9 @@ def _convert(im, channels: int):
         arr = np.asarray(im, np.float64)
         hi = arr.max() or 1.0
         im = Image.fromarray(np.clip(arr * (255.0 / hi), 0, 255).round().astype(np.uint8))
-    return im.convert("L" if channels == 1 else "RGB")
+    mode = "L" if channels == 1 else "RGB"
+    return im if im.mode == mode else im.convert(mode)
 
 
-__all__ = ["IMAGE_FORMATS", "ImageError", "ordered_map", "read_image", "read_image_reduced"]
+__all__ = ["IMAGE_FORMATS", "ImageError", "ordered_map", "open_reduced", "read_image",
+           "read_image_reduced"]

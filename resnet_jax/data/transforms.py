@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from .datasets import Preprocess
-from .images import read_image_reduced
+from .images import open_reduced
 
 
 def _to_pil(img: np.ndarray):
@@ -57,13 +57,15 @@ def train_transform(img: np.ndarray, pre: Preprocess, rng: np.random.Generator) 
     return _resize_flip(img, box, pre, rng)
 
 
-def _resize_flip(img: np.ndarray, box, pre: Preprocess, rng: np.random.Generator) -> np.ndarray:
-    """The ``box`` of ``img`` resized to ``image_size`` (PIL's bilinear filter, antialiased
-    when it shrinks, as torchvision's PIL path is), flipped with probability 1/2."""
+def _resize_flip(img, box, pre: Preprocess, rng: np.random.Generator) -> np.ndarray:
+    """The ``box`` of ``img`` (uint8 HWC, or a PIL image) resized to ``image_size`` (PIL's
+    bilinear filter, antialiased when it shrinks, as torchvision's PIL path is), flipped
+    with probability 1/2."""
     from PIL import Image
 
-    im = _to_pil(img).resize((pre.image_size, pre.image_size), Image.BILINEAR, box=box)
-    out = _from_pil(im, img.shape[-1])
+    im = img if isinstance(img, Image.Image) else _to_pil(img)
+    im = im.resize((pre.image_size, pre.image_size), Image.BILINEAR, box=box)
+    out = _from_pil(im, 1 if im.mode == "L" else 3)
     if pre.hflip and rng.random() < 0.5:
         out = out[:, ::-1]
     return out
@@ -82,8 +84,8 @@ def train_transform_file(path, channels: int, pre: Preprocess, rng: np.random.Ge
         s = pre.image_size
         return math.ceil(w * s / (box[2] - box[0])), math.ceil(h * s / (box[3] - box[1]))
 
-    img, scale, _ = read_image_reduced(path, channels, need, data)
-    return _resize_flip(img, tuple(v * scale for v in boxes[0]), pre, rng)
+    im, scale, _ = open_reduced(path, channels, need, data)
+    return _resize_flip(im, tuple(v * scale for v in boxes[0]), pre, rng)
 
 
 def _eval_size(h: int, w: int, pre: Preprocess) -> tuple[int, int]:
@@ -102,21 +104,23 @@ def eval_transform(img: np.ndarray, pre: Preprocess) -> np.ndarray:
     return _resize_center(img, (0, 0, w, h), _eval_size(h, w, pre), pre)
 
 
-def _resize_center(img: np.ndarray, box, new_size, pre: Preprocess) -> np.ndarray:
+def _resize_center(img, box, new_size, pre: Preprocess) -> np.ndarray:
+    """``img`` (uint8 HWC, or a PIL image) resized to ``new_size``, then its centre crop."""
     from PIL import Image
 
     nw, nh = new_size
     size = pre.image_size
-    im = _to_pil(img).resize((nw, nh), Image.BILINEAR, box=box)
+    im = img if isinstance(img, Image.Image) else _to_pil(img)
+    im = im.resize((nw, nh), Image.BILINEAR, box=box)
     top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
     im = im.crop((left, top, left + size, top + size))
-    return _from_pil(im, img.shape[-1])
+    return _from_pil(im, 1 if im.mode == "L" else 3)
 
 
 def eval_transform_file(path, channels: int, pre: Preprocess, data: bytes | None = None) -> np.ndarray:
     """``eval_transform(read_image(path, channels), pre)``, a JPEG decoded at the smallest
     DCT scale that still covers the resized image."""
-    img, scale, (w, h) = read_image_reduced(path, channels, lambda w, h: _eval_size(h, w, pre), data)
+    im, scale, (w, h) = open_reduced(path, channels, lambda w, h: _eval_size(h, w, pre), data)
     if (h, w) == (pre.image_size,) * 2 and int(round(pre.image_size / pre.crop_pct)) == pre.image_size:
-        return img
-    return _resize_center(img, (0, 0, w * scale, h * scale), _eval_size(h, w, pre), pre)
+        return _from_pil(im, channels)
+    return _resize_center(im, (0, 0, w * scale, h * scale), _eval_size(h, w, pre), pre)
