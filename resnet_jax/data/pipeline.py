@@ -249,14 +249,11 @@ class DataIterator:
     def __next__(self) -> dict:
         raise_if_interrupted()  # a Ctrl-C swallowed by a finalizer (of a batch's shared memory)
         if self.loader.workers:
-            if self._workers is None:
-                from .workers import WorkerBatches
-
-                start = self.epoch * self.loader.steps_per_epoch + self.position
-                self._workers = WorkerBatches(self.loader, self.loader.workers, start,
-                                              None if self.limit is None else start + self.limit)
-            out = next(self._workers)
             e, b = self.epoch, self.position
+            if self._workers is None:
+                out = self._first_batch_while_workers_start()
+            else:
+                out = next(self._workers)
         else:
             self._fill()
             (e, b), fut = self._ahead.popleft()
@@ -266,6 +263,17 @@ class DataIterator:
         if self.position >= self.loader.steps_per_epoch:
             self.epoch, self.position = e + 1, 0
         return out
+
+    def _first_batch_while_workers_start(self) -> dict:
+        """The batch at the position, built in this process while the worker processes,
+        started now for the positions after it, import and come up (seconds): the caller
+        compiles its step meanwhile instead of waiting for them."""
+        from .workers import WorkerBatches
+
+        start = self.epoch * self.loader.steps_per_epoch + self.position
+        stop = None if self.limit is None else start + self.limit
+        self._workers = WorkerBatches(self.loader, self.loader.workers, start + 1, stop)
+        return self.loader.batch(self.epoch, self.position)
 
     def _stop_workers(self):
         workers, self._workers = self._workers, None

@@ -27,9 +27,11 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import wait
 
 PARENT_POLL_S = 0.5  # how often a worker checks that the main process is alive
 BATCHES_PER_WORKER = 2  # batches each worker builds ahead
+START_WAIT_S = 120.0  # the most ``close`` waits for workers still starting
 _AT_EXIT = False  # release_shared_memory is registered to run at exit
 
 
@@ -83,7 +85,10 @@ def _grain():
 
 class WorkerBatches:
     """The batches of ``loader`` from position ``start`` (``stop``: before this position;
-    None: endless), built by ``workers`` worker processes, in position order."""
+    None: endless), built by ``workers`` worker processes, in position order.
+
+    The processes start at once (a thread asks for the first batch), so a caller can do
+    other work, such as compiling its step, while they import and come up."""
 
     def __init__(self, loader, workers: int, start: int, stop: int | None = None):
         import functools
@@ -97,6 +102,13 @@ class WorkerBatches:
                            worker_init_fn=functools.partial(_worker_start, os.getpid())))
         self.loader = loader
         self._it = iter(ds)
+        self._first = None  # the first batch, asked for at once: the processes start now
+        if stop > start:
+            from concurrent.futures import Future
+
+            self._first = Future()
+            threading.Thread(target=self._pull_first, daemon=True,
+                             name="resnet-jax-workers-start").start()
         global _AT_EXIT
         if not _AT_EXIT:  # after the run's last batch is garbage, before the interpreter ends
             import atexit
@@ -104,8 +116,15 @@ class WorkerBatches:
             atexit.register(release_shared_memory)
             _AT_EXIT = True
 
+    def _pull_first(self) -> None:
+        try:
+            self._first.set_result(next(self._it))
+        except BaseException as e:  # noqa: BLE001 (raised again by __next__ in the main thread)
+            self._first.set_exception(e)
+
     def __next__(self) -> dict:
-        out = next(self._it)
+        first, self._first = self._first, None
+        out = first.result() if first is not None else next(self._it)
         for path, reason in out["unreadable"]:
             self.loader.unreadable.setdefault(path, reason)
         return out["batch"]
@@ -115,6 +134,8 @@ class WorkerBatches:
         and the shared memory of the batches they had built ahead is released."""
         it, self._it = self._it, None
         if it is not None:
+            if self._first is not None:  # the start-up thread is in grain's next(): let it end
+                wait([self._first], timeout=START_WAIT_S)
             it.close()
             del it
             release_shared_memory()
