@@ -13,8 +13,11 @@ in training: grain's ``mp_prefetch``) and with ``N`` threads of one process (``-
 ``RandomResizedCrop(224)``, ``RandomHorizontalFlip()`` and ``PILToTensor()`` (uint8) and
 ``N`` worker processes. Rows alternate in one process (peer, ours, peer, ours, ...),
 ``--repeats`` times; the table gives the best img/s of each, img/s per worker, ours over
-the peer, and the load average of the machine. Nothing is timed in the tests; run this on
-a quiet machine.
+the peer, and the load average of the machine. ``--ceiling`` first times each part of one
+image's work in this process (torchvision's transform, ours, a JPEG decode alone, the
+antialiased resize alone): decode plus resize is the floor of any loader that decodes
+whole files and resamples with PIL, so torchvision's time over it bounds the ratio.
+Nothing is timed in the tests; run this on a quiet machine.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -94,6 +98,78 @@ def measure(args) -> list[tuple[str, int, float]]:
     return rows
 
 
+def _cpu_ms(fn, items, repeats: int = 3) -> float:
+    """Best over ``repeats`` passes of the CPU milliseconds per item of ``fn``, in this process."""
+    fn(items[0])
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.process_time()
+        for item in items:
+            fn(item)
+        best = min(best, (time.process_time() - t) / len(items) * 1e3)
+    return best
+
+
+def ceiling(folder: str, pack: str | None, n: int = 300) -> list[tuple[str, float]]:
+    """CPU ms per image of each part of the work, one process, no pipeline: torchvision's
+    transform, ours, and the two parts neither can skip, a JPEG decode (libjpeg-turbo, the
+    same library under both) and an antialiased resize of the crop to 224 (PIL, both).
+    Their sum bounds how much faster than torchvision any loader that decodes the whole
+    file and resamples with PIL can be."""
+    import io
+
+    from PIL import Image
+    from torchvision import transforms
+
+    from resnet_jax.data import Preprocess, load_splits
+    from resnet_jax.data.transforms import random_resized_crop_box, train_transform_file
+
+    pre, rng = Preprocess(224), np.random.default_rng(0)
+    tf = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+                             transforms.PILToTensor()])
+
+    def decode(data):
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im
+
+    def resize(im):
+        box = random_resized_crop_box(im.size[1], im.size[0], pre.scale, pre.ratio, rng)
+        return im.resize((224, 224), Image.BILINEAR, box=box)
+
+    rows = []
+    for name, root in (("folder, 500x375", folder), ("pack, 256 px", pack)):
+        if not root:
+            continue
+        data = load_splits(root, test_fraction=0.01, val_fraction=0)["train"]
+        blobs = []
+        for i in range(min(n, len(data))):
+            path, encoded = data.source(i)
+            blobs.append(encoded if encoded is not None else Path(path).read_bytes())
+        if name.startswith("folder"):
+            rows.append(("torchvision RandomResizedCrop+flip+PILToTensor (folder, 500x375)",
+                         _cpu_ms(lambda b: tf(Image.open(io.BytesIO(b)).convert("RGB")), blobs)))
+        rows.append((f"ours, train_transform_file ({name})",
+                     _cpu_ms(lambda b: train_transform_file("bench", 3, pre, rng, b), blobs)))
+        decoded = [decode(b) for b in blobs]
+        rows.append((f"JPEG decode alone ({name})", _cpu_ms(decode, blobs)))
+        rows.append((f"antialiased resize of the crop to 224 alone ({name})", _cpu_ms(resize, decoded)))
+    return rows
+
+
+def render_ceiling(rows) -> str:
+    ms = dict(rows)
+    peer = next(v for k, v in ms.items() if k.startswith("torchvision"))
+    lines = ["| per image, one process | CPU ms | torchvision's ms over this |", "|---|---:|---:|"]
+    lines += [f"| {k} | {v:.3f} | {peer / v:.2f}x |" for k, v in rows]
+    for name in ("folder, 500x375", "pack, 256 px"):
+        parts = [v for k, v in rows if k.endswith(f"({name})") and "alone" in k]
+        if len(parts) == 2:
+            lines.append(f"| decode + resize, the floor ({name}) | {sum(parts):.3f} | "
+                         f"**{peer / sum(parts):.2f}x** |")
+    return "\n".join(lines)
+
+
 def render(rows, load: tuple) -> str:
     peer = {w: r for n, w, r in rows if n.startswith("torchvision")}
     lines = ["| pipeline | workers | img/s | img/s per worker | vs torchvision |", "|---|---|---|---|---|"]
@@ -114,8 +190,12 @@ def main(argv=None) -> int:
     p.add_argument("--no-threads", action="store_true", help="leave out the rows of threads of one process")
     p.add_argument("--grain", action="store_true",
                    help="kept for older commands: the worker-process rows (grain) are always measured")
+    p.add_argument("--ceiling", action="store_true",
+                   help="also time each part of one image's work in this process (the bound)")
     args = p.parse_args(argv)
     before = os.getloadavg()[0]
+    if args.ceiling:
+        print(render_ceiling(ceiling(args.folder, args.pack)) + "\n")
     rows = measure(args)
     print(render(rows, (before, os.getloadavg()[0])))
     return 0
