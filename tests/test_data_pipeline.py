@@ -1,12 +1,15 @@
 """The lazy folder, reduced-scale JPEG decoding, packed shards and the benchmark set."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from resnet_jax.data import DatasetError, Loader, check_data, image_folder
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _folder(root, per_class=6, side=12, broken=("a/3.png",)):
@@ -412,6 +415,33 @@ def test_worker_processes_build_the_threads_batches_for_each_host_and_resume_mid
 
     assert Loader(synthetic(n=16), 4, train=True, workers=2).workers == 0
 
+
+
+@pytest.mark.slow  # a fresh process with two workers; the default sibling is the test above
+def test_a_script_that_exits_holding_worker_batches_prints_nothing_and_leaves_no_shared_memory(tmp_path):
+    """A script that iterates a Loader with workers at its top level and exits while its
+    variables still hold batches: no finalizer error at exit, no leaked shared memory."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("grain")
+    _folder(tmp_path / "set", broken=())
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from resnet_jax.data import Loader, image_folder\n"
+        "if __name__ == '__main__':\n"
+        f"    loader = Loader(image_folder({str(tmp_path / 'set')!r}), 4, train=True, workers=2)\n"
+        "    it = loader.iterator()\n"
+        "    batches = [next(it) for _ in range(4)]\n"
+        "    batch = next(it)\n"
+        "    print(int(batch['image'].sum() > 0), len(batches))\n")
+    before = set(os.listdir("/dev/shm"))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0 and done.stdout.split() == ["1", "4"], done.stderr
+    assert "Exception ignored" not in done.stderr and "leaked" not in done.stderr, done.stderr
+    assert not (set(os.listdir("/dev/shm")) - before)
 
 
 @pytest.mark.slow

@@ -27,12 +27,14 @@ import os
 import signal
 import threading
 import time
+import weakref
 from concurrent.futures import wait
 
 PARENT_POLL_S = 0.5  # how often a worker checks that the main process is alive
 BATCHES_PER_WORKER = 2  # batches each worker builds ahead
 START_WAIT_S = 120.0  # the most ``close`` waits for workers still starting
-_AT_EXIT = False  # release_shared_memory is registered to run at exit
+_AT_EXIT = False  # _release_at_exit is registered to run at exit
+_OPEN: weakref.WeakSet = weakref.WeakSet()  # the WorkerBatches not closed yet
 
 
 class _BuildBatch:
@@ -102,6 +104,7 @@ class WorkerBatches:
                            worker_init_fn=functools.partial(_worker_start, os.getpid())))
         self.loader = loader
         self._it = iter(ds)
+        _OPEN.add(self)
         self._first = None  # the first batch, asked for at once: the processes start now
         if stop > start:
             from concurrent.futures import Future
@@ -113,7 +116,7 @@ class WorkerBatches:
         if not _AT_EXIT:  # after the run's last batch is garbage, before the interpreter ends
             import atexit
 
-            atexit.register(release_shared_memory)
+            atexit.register(_release_at_exit)
             _AT_EXIT = True
 
     def _pull_first(self) -> None:
@@ -157,3 +160,28 @@ def release_shared_memory() -> None:
             pool.apply(int)  # runs after every unlink queued before it
         except ValueError:  # the pool was shut down: nothing is left to wait for
             pass
+
+
+def _release_at_exit() -> None:
+    """At exit, while the modules are whole: close the iterators the program left open
+    (their workers stop), ``release_shared_memory``, then deal with the batches the program
+    still holds (a variable of a script, say): their shared memory is unlinked now (the
+    arrays stay readable until the process ends) and their finalizers, which would run while
+    the interpreter tears down the modules they need and print an error, do nothing."""
+    import gc
+
+    from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
+
+    for left_open in list(_OPEN):
+        left_open.close()
+    release_shared_memory()
+    held = [a for a in gc.get_objects() if type(a) is SharedMemoryArray]  # no __class__ lookups
+    for arr in held:
+        shm = getattr(arr, "shm", None)
+        if shm is not None and getattr(arr, "_unlink_on_del", False):
+            try:
+                shm.unlink()
+            except FileNotFoundError:
+                pass
+    if held:
+        SharedMemoryArray.__del__ = lambda self: None
