@@ -3,8 +3,11 @@ robustness"): each is ``fn(key, images) -> images`` with a shape fixed at trace 
 
 Geometric transforms (pad, jitter, scale, rotate, resize) are affine maps of pixel
 coordinates; ``compose`` multiplies the matrices of consecutive ones and resamples the
-image once (bilinear), so a chain of four costs one resample. Points that fall outside
-the image read ``fill``. One random draw per step is shared by the batch, as in Lucent.
+image once (bilinear), so a chain of four costs one resample. Each transform fills what
+falls outside its own input with its ``fill``, as when they run one after another: in
+Lucent's standard set the padding is grey (0.5) and what jitter, scale and rotation
+bring in from outside their input is black (0). One random draw per step is shared by
+the batch, as in Lucent.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import numpy as np
 @dataclasses.dataclass(frozen=True)
 class Affine:
     """``matrix(key, in_hw) -> (M, out_hw)`` with ``M`` (3x3) taking output pixel
-    coordinates (y, x, 1) to input coordinates."""
+    coordinates (y, x, 1) to input coordinates; output points that fall outside the
+    input read ``fill``."""
 
     matrix: Callable
     fill: float = 0.0
@@ -116,6 +120,36 @@ def warp(images, m, out_hw, fill):
     return out.astype(images.dtype)
 
 
+def _inside(m, in_hw, out_hw):
+    """(H, W) weight of the input's own pixels at each output pixel of the map ``m``: 1
+    inside the input, 0 a pixel or more outside, linear in between (what bilinear
+    sampling of a constant image with a different constant around it gives)."""
+    ys, xs = jnp.meshgrid(jnp.arange(out_hw[0], dtype=jnp.float32),
+                          jnp.arange(out_hw[1], dtype=jnp.float32), indexing="ij")
+    w = 1.0
+    for k, n in enumerate(in_hw):
+        c = m[k, 0] * ys + m[k, 1] * xs + m[k, 2]
+        w = w * jnp.clip(jnp.minimum(c + 1.0, n - c), 0.0, 1.0)
+    return w
+
+
+def _resample(images, stages):
+    """One bilinear resample for consecutive ``(M, in_hw, out_hw, fill)`` stages; each
+    stage's ``fill`` covers what falls outside its input, a later stage's over an
+    earlier one's, as if each stage were resampled in turn."""
+    out_hw = stages[-1][2]
+    suffix, maps = jnp.eye(3, dtype=jnp.float32), []
+    for m, in_hw, _, fill in reversed(stages):
+        suffix = m @ suffix  # output pixel -> this stage's input
+        maps.append((suffix, in_hw, fill))
+    maps.reverse()
+    out = warp(images, maps[0][0], out_hw, maps[0][2])
+    for m, in_hw, fill in maps[1:]:
+        w = _inside(m, in_hw, out_hw)[None, :, :, None]
+        out = w * out + (1.0 - w) * fill
+    return out.astype(images.dtype)
+
+
 def compose(transforms: Sequence[Callable]) -> Callable:
     """Apply ``transforms`` in order; consecutive ``Affine`` ones are resampled once."""
     transforms = list(transforms)
@@ -128,22 +162,22 @@ def compose(transforms: Sequence[Callable]) -> Callable:
                 images = transforms[i](keys[i], images)
                 i += 1
                 continue
-            m = jnp.eye(3, dtype=jnp.float32)
-            hw = tuple(images.shape[1:3])
-            fill = transforms[i].fill
+            stages, hw = [], tuple(images.shape[1:3])
             while i < len(transforms) and isinstance(transforms[i], Affine):
-                mi, hw = transforms[i].matrix(keys[i], hw)
-                m = m @ mi
+                mi, out_hw = transforms[i].matrix(keys[i], hw)
+                stages.append((mi, hw, out_hw, transforms[i].fill))
+                hw = out_hw
                 i += 1
-            images = warp(images, m, hw, fill)
+            images = _resample(images, stages)
         return images
 
     return run
 
 
 def standard_transforms(upsample_to: int | None = None) -> list:
-    """Lucent's ``standard_transforms``: pad 12 (0.5), jitter 8, scale 0.9-1.1, rotate
-    -10..10 degrees (0 weighted up), jitter 4; then optionally the upsampling to
+    """Lucent's ``standard_transforms``: pad 12 (grey, 0.5), jitter 8, scale 0.9-1.1,
+    rotate -10..10 degrees (0 weighted up), jitter 4, the last four filling black (0) as
+    Lucent's kornia and zero-padding steps do; then optionally the upsampling to
     ``upsample_to`` that Lucent applies to images smaller than 224."""
     out = [
         pad(12, 0.5),
