@@ -84,14 +84,24 @@ def memory(folder) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _first_step_seconds(folder, checkout: Path, timeout: float, cache: Path | None = None) -> float:
+def _loader_flags(checkout: Path, processes: bool) -> list[str]:
+    """Two threads of the training process (``--threads 2``; a checkout from before worker
+    processes spelt that ``--workers 2``), or two worker processes (``--workers 2``)."""
+    if processes:
+        return ["--workers", "2"]
+    knows_threads = "--threads" in (checkout / "resnet_jax" / "train" / "cli.py").read_text()
+    return ["--threads" if knows_threads else "--workers", "2"]
+
+
+def _first_step_seconds(folder, checkout: Path, timeout: float, cache: Path | None = None,
+                        processes: bool = False) -> float:
     """Seconds from starting ``train.py`` of ``checkout`` on ``folder`` to its first logged
     training step; the run is then stopped. ``cache``: the persistent compilation cache
-    (default: a new, empty one)."""
+    (default: a new, empty one); ``processes``: two worker processes instead of threads."""
     run_dir = Path(tempfile.mkdtemp(prefix="bench-startup-"))
     args = [sys.executable, str(checkout / "train.py"), "--dataset", str(folder), "--arch", "my_resnet",
             "--stage-widths", "8,16", "--image-size", "32", "--batch-size", "16", "--max-steps", "5",
-            "--threads", "2", "--no-progress", "--no-tensorboard", "--no-plots",
+            *_loader_flags(checkout, processes), "--no-progress", "--no-tensorboard", "--no-plots",
             "--output", str(run_dir / "run")]
     env = {**os.environ, "PYTHONPATH": str(checkout), "RESNET_JAX_CACHE": str(cache or run_dir / "cache")}
     metrics = run_dir / "run" / "metrics.jsonl"
@@ -118,18 +128,19 @@ def _first_step_seconds(folder, checkout: Path, timeout: float, cache: Path | No
 def startup(folder, base: str | None, repeats: int, timeout: float, warm: str | None = None):
     """Rows (checkout, seconds); with ``warm`` (a small folder with the same classes), each
     checkout's compilation cache is filled by an untimed run on it first."""
-    checkouts = [("this", REPO)] + ([("base", Path(base))] if base else [])
-    caches = {name: None for name, _ in checkouts}
+    checkouts = [("this", REPO, False), ("this, 2 worker processes", REPO, True)]
+    checkouts += [("base", Path(base), False)] if base else []
+    caches = {name: None for name, _, _ in checkouts}
     if warm:
-        for name, checkout in checkouts:
-            caches[name] = Path(tempfile.mkdtemp(prefix=f"bench-startup-cache-{name}-"))
-            _first_step_seconds(warm, checkout, timeout, caches[name])
+        for name, checkout, processes in checkouts:
+            caches[name] = Path(tempfile.mkdtemp(prefix=f"bench-startup-cache-{name[:4]}-"))
+            _first_step_seconds(warm, checkout, timeout, caches[name], processes)
     rows = []
     for _ in range(repeats):
-        for name, checkout in checkouts:
-            seconds = _first_step_seconds(folder, checkout, timeout, caches[name])
+        for name, checkout, processes in checkouts:
+            seconds = _first_step_seconds(folder, checkout, timeout, caches[name], processes)
             rows.append((name, seconds))
-            print(f"{name:5s} {seconds:8.1f} s to the first step"
+            print(f"{name:26s} {seconds:8.1f} s to the first step"
                   f" ({'warm' if warm else 'cold'} compilation cache)", flush=True)
     for cache in caches.values():
         if cache:
