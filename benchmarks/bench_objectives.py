@@ -95,6 +95,41 @@ def measure(arch: str = "resnet50", size: int = 224, steps: int = 4, repeats: in
     return out
 
 
+def bare_step(arch: str = "resnet50", size: int = 224, batches=(1, 4), repeats: int = 3,
+              seed: int = 0) -> dict:
+    """{batch: (our seconds, torch's seconds)} for one bare forward and backward pass to the
+    input of ``batch`` images (the sum of the logits), nothing else: the work under every
+    optimisation step of either side, the torch side with its weights requiring gradients
+    as torch-lucent leaves them. Their ratio bounds the ratio of the optimisations."""
+    import jax
+    import torch
+    import torchvision
+
+    from benchmarks.bench_explain import alternate
+    from resnet_jax.port import from_torch
+
+    torch.manual_seed(seed)
+    tv = torchvision.models.get_model(arch, weights=None).eval()
+    model, variables = from_torch(tv)
+    grad = jax.jit(jax.grad(lambda x: model.apply(variables, x, train=False).sum()))
+    out = {}
+    for batch in batches:
+        x = np.random.default_rng(seed).standard_normal((batch, size, size, 3)).astype(np.float32)
+        xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+        def ours(x=x):
+            jax.block_until_ready(grad(x))
+
+        def theirs(xt=xt):
+            xi = xt.clone().requires_grad_(True)
+            tv(xi).sum().backward()
+
+        out[batch] = t, p = alternate(ours, theirs, repeats)
+        print(f"bare forward+backward to the input ({arch}, {size} px, batch {batch}): ours "
+              f"{t:.3f} s, torch {p:.3f} s, ratio {p / t:.2f}x", flush=True)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", default="resnet50")
@@ -103,6 +138,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--chunk", type=int, default=None)
     ap.add_argument("--only", default=None, help="comma-separated objective names")
+    ap.add_argument("--bare", action="store_true",
+                    help="also time one bare forward+backward to the input (the bound)")
     args = ap.parse_args(argv)
     names = args.only.split(",") if args.only else NAMES
     bad = [n for n in names if n not in NAMES]
@@ -113,6 +150,8 @@ def main(argv=None):
     info = machine_info()
     print(f"{info['cpu']}, {info['cores']} cores, load {info['load']}, jax {info['jax']}, "
           f"torch {info['torch']} ({info['torch_threads']} threads)", flush=True)
+    if args.bare:
+        bare_step(args.arch, args.size, repeats=args.repeats)
     measure(args.arch, args.size, args.steps, args.repeats, names, args.chunk)
 
 
