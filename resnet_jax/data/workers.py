@@ -126,8 +126,11 @@ class WorkerBatches:
             self._first.set_exception(e)
 
     def __next__(self) -> dict:
-        first, self._first = self._first, None
-        out = first.result() if first is not None else next(self._it)
+        if self._first is not None:  # kept until it is read: close waits for its thread
+            out = self._first.result()
+            self._first = None
+        else:
+            out = next(self._it)
         for path, reason in out["unreadable"]:
             self.loader.unreadable.setdefault(path, reason)
         return out["batch"]
@@ -139,6 +142,7 @@ class WorkerBatches:
         if it is not None:
             if self._first is not None:  # the start-up thread is in grain's next(): let it end
                 wait([self._first], timeout=START_WAIT_S)
+                self._first = None  # its batch, if any, is released below
             it.close()
             del it
             release_shared_memory()
