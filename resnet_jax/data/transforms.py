@@ -15,9 +15,12 @@ from .datasets import Preprocess
 from .images import open_reduced
 
 
-def _to_pil(img: np.ndarray):
+def _to_pil(img):
+    """A PIL image of ``img`` (uint8 HWC; a PIL image is returned as it is)."""
     from PIL import Image
 
+    if isinstance(img, Image.Image):
+        return img
     return Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
 
 
@@ -63,8 +66,7 @@ def _resize_flip(img, box, pre: Preprocess, rng: np.random.Generator) -> np.ndar
     with probability 1/2."""
     from PIL import Image
 
-    im = img if isinstance(img, Image.Image) else _to_pil(img)
-    im = im.resize((pre.image_size, pre.image_size), Image.BILINEAR, box=box)
+    im = _to_pil(img).resize((pre.image_size, pre.image_size), Image.BILINEAR, box=box)
     out = _from_pil(im, 1 if im.mode == "L" else 3)
     if pre.hflip and rng.random() < 0.5:
         out = out[:, ::-1]
@@ -110,8 +112,7 @@ def _resize_center(img, box, new_size, pre: Preprocess) -> np.ndarray:
 
     nw, nh = new_size
     size = pre.image_size
-    im = img if isinstance(img, Image.Image) else _to_pil(img)
-    im = im.resize((nw, nh), Image.BILINEAR, box=box)
+    im = _to_pil(img).resize((nw, nh), Image.BILINEAR, box=box)
     top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
     im = im.crop((left, top, left + size, top + size))
     return _from_pil(im, 1 if im.mode == "L" else 3)
