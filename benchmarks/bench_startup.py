@@ -4,7 +4,7 @@
     python -m benchmarks.bench_startup links /tmp/il-src /tmp/il-50k --n 50000
     python -m benchmarks.bench_startup links /tmp/il-src /tmp/il-2k --n 2000
     python -m benchmarks.bench_startup memory /tmp/il-2k /tmp/il-50k
-    python -m benchmarks.bench_startup startup /tmp/il-50k [--base /tmp/base_main] [--warm /tmp/il-2k]
+    python -m benchmarks.bench_startup startup /tmp/il-50k [--base /tmp/base_main] [--warm]
 
 ``links`` makes a folder of N listed images in 100 class folders, each a hard link to one
 of a few generated JPEGs (listing reads no pixels, so only the count of files matters;
@@ -19,8 +19,10 @@ the 50,000-image folders differ by less than 50 MB.
 command to its first training step (the first ``train`` record in ``metrics.jsonl``), then
 stops the run; with ``--base DIR`` the same command from a checkout of another commit
 (``PYTHONPATH=DIR``), alternating, ``--repeats`` times each. Each row compiles cold (a new
-compilation cache), or with ``--warm SMALL_FOLDER`` from a cache that an untimed run on
-that folder (same classes, same program) filled. Target: under 10% of the base.
+compilation cache), or with ``--warm`` from a cache that an untimed run of the same command
+filled (a user's second run; a run on another folder would not do: the learning-rate
+schedule's step counts, which follow the folder's size, are constants of the compiled
+train step). Target: under 10% of the base.
 Nothing is timed in the tests; note the machine's load with the figures.
 """
 
@@ -125,16 +127,16 @@ def _first_step_seconds(folder, checkout: Path, timeout: float, cache: Path | No
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def startup(folder, base: str | None, repeats: int, timeout: float, warm: str | None = None):
-    """Rows (checkout, seconds); with ``warm`` (a small folder with the same classes), each
-    checkout's compilation cache is filled by an untimed run on it first."""
+def startup(folder, base: str | None, repeats: int, timeout: float, warm: bool = False):
+    """Rows (checkout, seconds); with ``warm``, each checkout's compilation cache is filled
+    by an untimed run of the same command first."""
     checkouts = [("this", REPO, False), ("this, 2 worker processes", REPO, True)]
     checkouts += [("base", Path(base), False)] if base else []
     caches = {name: None for name, _, _ in checkouts}
     if warm:
         for name, checkout, processes in checkouts:
             caches[name] = Path(tempfile.mkdtemp(prefix=f"bench-startup-cache-{name[:4]}-"))
-            _first_step_seconds(warm, checkout, timeout, caches[name], processes)
+            _first_step_seconds(folder, checkout, timeout, caches[name], processes)
     rows = []
     for _ in range(repeats):
         for name, checkout, processes in checkouts:
@@ -163,9 +165,9 @@ def main(argv=None) -> int:
     st.add_argument("--base", help="a checkout of another commit, timed alternately")
     st.add_argument("--repeats", type=int, default=1)
     st.add_argument("--timeout", type=float, default=1800, help="seconds before a row gives up")
-    st.add_argument("--warm", metavar="SMALL_FOLDER",
-                    help="fill each checkout's compilation cache by an untimed run on this folder "
-                         "(same classes) first; default: every row compiles cold")
+    st.add_argument("--warm", action="store_true",
+                    help="fill each checkout's compilation cache by an untimed run of the same "
+                         "command first; default: every row compiles cold")
     args = p.parse_args(argv)
     if args.what == "links":
         print(f"{link_folder(args.src, args.out, args.n, args.classes)} links made in {args.out}")

@@ -403,8 +403,10 @@ def test_worker_processes_build_the_threads_batches_for_each_host_and_resume_mid
     assert not _worker_children()
     assert state["epoch"] == 1 and state["batch"] == 1
     rest, _ = _epochs(Loader(data, 4, **host), state, n=3)
+    spec = two.batch_spec()  # the global batch the train step is compiled for ahead
     for x, y, g in zip(first + rest, ref, whole, strict=True):
         assert x["image"].shape == (2, 224, 224, 3)
+        assert {k: ((2 * v.shape[0], *v.shape[1:]), v.dtype) for k, v in x.items()} == spec
         for key in ("image", "label", "mask"):
             np.testing.assert_array_equal(x[key], y[key])
             np.testing.assert_array_equal(x[key], g[key][2:])

@@ -3,6 +3,7 @@ SIGKILL, 4 devices against 1, fine-tuning, bad input and the evaluate command.""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -564,3 +565,37 @@ def test_a_resumed_runs_tensorboard_file_restarts_after_the_resumed_step(tmp_pat
     events = read_events(next((tmp_path / "tensorboard").glob("events.out.tfevents.*")))
     assert events[1].step == 5 and events[1].session_log.status == event_pb2.SessionLog.START
     assert events[2].step == 5 and events[2].summary.value[0].tag == "train/loss"
+
+
+class _Compiles(logging.Handler):
+    """Counts JAX's "Finished XLA compilation of jit(NAME)" records (logged at DEBUG)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.names: list[str] = []
+
+    def emit(self, record):
+        message = record.getMessage()
+        if message.startswith("Finished XLA compilation of "):
+            self.names.append(message.split(" of ", 1)[1].split(" in ")[0])
+
+
+def test_the_train_step_compiled_ahead_is_the_one_the_steps_run(tmp_path):
+    """The loop compiles the train step in a thread from the state's and the batch's shapes
+    while it draws the variables; the steps then run that executable: one compilation of
+    train_step per run, fresh or resumed, not a second one for the arrays themselves."""
+    logger = logging.getLogger("jax._src.dispatch")
+    counter, level = _Compiles(), logger.level
+    logger.addHandler(counter)
+    logger.setLevel(logging.DEBUG)
+    try:
+        run = tmp_path / "run"
+        train(TrainConfig(**TINY, epochs=1, max_steps=2, output=str(run)))
+        fresh = counter.names.count("jit(train_step)")
+        train(TrainConfig(**TINY, epochs=1, max_steps=4, output=str(run), resume=True))
+        resumed = counter.names.count("jit(train_step)") - fresh
+    finally:
+        logger.removeHandler(counter)
+        logger.setLevel(level)
+    assert (fresh, resumed) == (1, 1), counter.names
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"] == [1, 2, 3, 4]

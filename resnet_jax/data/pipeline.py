@@ -105,6 +105,13 @@ class Loader:
             g = np.concatenate([g, np.full(self.global_batch - len(g), -1, g.dtype)])
         return g[self.shard_index * self.local_batch:(self.shard_index + 1) * self.local_batch]
 
+    def batch_spec(self) -> dict:
+        """``{name: (shape, dtype)}`` of a global batch (every host's rows together)."""
+        size, channels = self.preprocess.image_size, self.data.channels
+        n = self.global_batch
+        return {"image": ((n, size, size, channels), np.dtype(np.uint8)),
+                "label": ((n,), np.dtype(np.int32)), "mask": ((n,), np.dtype(np.float32))}
+
     def batch(self, epoch: int, batch: int) -> dict:
         """Build one batch (called from worker threads)."""
         pre = self.preprocess

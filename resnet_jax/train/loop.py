@@ -12,6 +12,7 @@ import collections
 import dataclasses
 import datetime
 import math
+import threading
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from .config import DATASET_DEFAULTS, GENERIC_DEFAULTS, TrainConfig  # noqa: F40
 from .evaluation import EvalResult, evaluate
 from .lock import RunLock
 from .logs import METRICS_FILE, MetricLog, trim_metrics
-from .start import Start, build_model, fresh_start, initial_state, optimizer_config  # noqa: F401
+from .start import Start, abstract_state, build_model, fresh_start, initial_state, optimizer_config  # noqa: F401
 from .state import make_optimizer, schedule
 from .step import make_eval_step, make_train_step
 
@@ -49,15 +50,6 @@ def _run_dir(cfg: TrainConfig) -> Path:
         return runs[-1]
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{prefix}-{stamp}"
-
-
-def _jit_steps(model, pre: Preprocess, num_classes: int, label_smoothing: float, mesh,
-               lr_schedule=None):
-    step = make_train_step(pre.mean, pre.std, num_classes, label_smoothing, lr_schedule)
-    rep = shd.replicated(mesh)
-    train_step = jax.jit(step, donate_argnums=0, out_shardings=(rep, rep))
-    eval_step = inference_jit(make_eval_step(pre.mean, pre.std, num_classes))
-    return train_step, eval_step
 
 
 @dataclasses.dataclass
@@ -85,6 +77,58 @@ class _Data:
         for loader in self.eval_loaders.values():
             out.update(loader.unreadable)
         return out
+
+
+class _Steps:
+    """The run's optimizer and jitted steps, its train step compiled ahead in a thread.
+
+    ``compile_ahead`` traces the train step for the shapes of the state and of a batch as
+    soon as the model is known, then compiles it in a thread while this one draws the
+    variables, builds the optimizer state and starts the loader; ``wait`` joins the thread
+    before the first step, which then finds the executable in jit's cache. XLA compiles
+    without Python's lock, so the two overlap on two cores or more."""
+
+    def __init__(self, cfg: TrainConfig, data: _Data, mesh):
+        self.opt_cfg = optimizer_config(cfg, data.steps_per_epoch)
+        self.tx = make_optimizer(self.opt_cfg)  # one object: the state's static part, in jit's key
+        step = make_train_step(data.pre.mean, data.pre.std, data.num_classes, cfg.label_smoothing,
+                               schedule(self.opt_cfg))
+        rep = shd.replicated(mesh)
+        self.train = jax.jit(step, donate_argnums=0, out_shardings=(rep, rep))
+        self.eval = inference_jit(make_eval_step(data.pre.mean, data.pre.std, data.num_classes))
+        self.mesh, self.batch_spec = mesh, data.train_loader.batch_spec()
+        self.started = False
+        self._thread: threading.Thread | None = None
+
+    def compile_ahead(self, state) -> None:
+        """Trace the train step for ``state`` (arrays, or ``ShapeDtypeStruct``s as from
+        ``abstract_state``) placed as the loop places it, replicated, and a batch split over
+        the mesh; then start compiling it. A failure is left for the first step to meet."""
+        self.started = True
+        rep, split = shd.replicated(self.mesh), shd.batch_sharding(self.mesh)
+        state = jax.tree_util.tree_map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep, weak_type=a.weak_type), state)
+        batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=split)
+                 for k, (shape, dtype) in self.batch_spec.items()}
+        try:
+            lowered = self.train.lower(state, batch)
+        except Exception:  # noqa: BLE001 - raised again, where it belongs, by the first step
+            return
+        self._thread = threading.Thread(target=_compile_quietly, args=(lowered,),
+                                        name="resnet-jax-compile")
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
+def _compile_quietly(lowered) -> None:
+    try:
+        lowered.compile()
+    except Exception:  # noqa: BLE001 - the first step compiles again, and raises, in the loop's thread
+        pass
 
 
 class _Skips:
@@ -180,38 +224,44 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
     data = _load_data(cfg)
     run_dir = _run_dir(cfg)
     _check_run_dir(cfg, run_dir)
-    start = None if cfg.resume else fresh_start(cfg, data)  # a bad model option: nothing written
-    lock = RunLock(run_dir).acquire() if jax.process_index() == 0 else None
-    run = _Run(cfg, given, data, mesh, run_dir, RunCheckpoints(run_dir, cfg.keep), start)
+    steps = _Steps(cfg, data, mesh)
     try:
-        summary = _train_locked(run, log)
+        # A bad model option raises here: nothing written. The step compiles meanwhile.
+        start = None if cfg.resume else fresh_start(
+            cfg, data, lambda model: steps.compile_ahead(abstract_state(model, data.pre.image_size, steps.tx)))
+        lock = RunLock(run_dir).acquire() if jax.process_index() == 0 else None
+        run = _Run(cfg, given, data, mesh, run_dir, RunCheckpoints(run_dir, cfg.keep), start)
+        try:
+            summary = _train_locked(run, steps, log)
+        finally:
+            run.ckpts.close()  # before the interpreter exits, whatever stopped the run
+            if lock is not None:
+                lock.release()
     finally:
-        run.ckpts.close()  # before the interpreter exits, whatever stopped the run
-        if lock is not None:
-            lock.release()
+        steps.wait()  # no compiling thread outlives the run
     summary["seconds"] = time.time() - t_start
     return summary
 
 
-def _train_locked(run: _Run, log) -> dict:
+def _train_locked(run: _Run, steps: _Steps, log) -> dict:
     cfg, data = run.cfg, run.data
-    opt_cfg = optimizer_config(cfg, data.steps_per_epoch)
-    tx = make_optimizer(opt_cfg)
-    state, run.start = initial_state(cfg, run.given, run.run_dir, run.ckpts, data, tx, log, run.start)
+    state, run.start = initial_state(cfg, run.given, run.run_dir, run.ckpts, data, steps.tx, log,
+                                     run.start)
     state = shd.replicate(state, run.mesh)
+    if not steps.started:  # resuming: the model is known from here
+        steps.compile_ahead(state)
     if run.main_process:  # records past the start step: from a crashed attempt, logged again
         trim_metrics(run.run_dir / METRICS_FILE, run.start.step or 0)
-    steps = _jit_steps(run.start.model, data.pre, data.num_classes, cfg.label_smoothing,
-                       run.mesh, schedule(opt_cfg))
     logs = MetricLog(run.run_dir, enabled=run.main_process, tensorboard=cfg.tensorboard,
                      start_step=run.start.step)
     if run.main_process:
         _log_start(run, log)
     saver, skips = _Saver(run), _Skips(data, log if run.main_process else (lambda _: None))
     try:
-        state, val = _fit(run, state, saver, logs, skips, *steps)
+        steps.wait()
+        state, val = _fit(run, state, saver, logs, skips, steps.train, steps.eval)
         saver.close()  # the training batches' threads or worker processes stop before the test pass
-        test = _final_evaluation(run, state, logs, steps[1], skips)
+        test = _final_evaluation(run, state, logs, steps.eval, skips)
         latest_step, best = run.ckpts.latest_step(), run.ckpts.best_step()
     finally:
         saver.close()

@@ -56,10 +56,15 @@ class Start:
     data_state: dict | None = None
 
 
-def fresh_start(cfg: TrainConfig, data) -> Start:
-    """A new model drawn from ``cfg.seed``, or with ``--init-from`` a saved one with a new head."""
+def fresh_start(cfg: TrainConfig, data, on_model=None) -> Start:
+    """A new model drawn from ``cfg.seed``, or with ``--init-from`` a saved one with a new head.
+
+    ``on_model(model)``, when given, is called as soon as a new model is built, before its
+    variables are drawn (the loop starts compiling the train step for it then)."""
     if not cfg.init_from:
         model = build_model(cfg, data.num_classes, data.channels, data.pre.image_size)
+        if on_model is not None:
+            on_model(model)
         return Start(model, init_variables(model, cfg.seed, data.pre.image_size), cfg.arch)
     from ..checkpoint import arch_of, load
 
@@ -157,6 +162,12 @@ def _resume(cfg: TrainConfig, given: TrainConfig, run_dir: Path, ckpts: RunCheck
                       opt_state, info["data"])
     raise ResNetJaxError(f"--resume: no intact checkpoint in {run_dir}: "
                          + "; ".join(reason for _, reason in damaged))
+
+
+def abstract_state(model, image_size: int, tx) -> TrainState:
+    """Shapes and dtypes of a fresh ``TrainState`` for ``model``, drawing nothing."""
+    return jax.eval_shape(lambda v: TrainState.create(model.apply, v, tx),
+                          abstract_variables(model, image_size))
 
 
 def initial_state(cfg: TrainConfig, given: TrainConfig, run_dir: Path, ckpts: RunCheckpoints,
