@@ -101,18 +101,20 @@ class _Steps:
         self._thread: threading.Thread | None = None
 
     def compile_ahead(self, state) -> None:
-        """Trace the train step for ``state`` (arrays, or ``ShapeDtypeStruct``s as from
-        ``abstract_state``) placed as the loop places it, replicated, and a batch split over
-        the mesh; then start compiling it. A failure is left for the first step to meet."""
+        """Trace the train step for ``state`` (the state's arrays, or a function returning
+        their shapes, as ``abstract_state`` does) placed as the loop places it, replicated,
+        and a batch split over the mesh; then start compiling it. A failure is left for the
+        training thread to meet where it always did: drawing the variables, or the first step."""
         self.started = True
         rep, split = shd.replicated(self.mesh), shd.batch_sharding(self.mesh)
-        state = jax.tree_util.tree_map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep, weak_type=a.weak_type), state)
-        batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=split)
-                 for k, (shape, dtype) in self.batch_spec.items()}
         try:
+            state = jax.tree_util.tree_map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep, weak_type=a.weak_type),
+                state() if callable(state) else state)
+            batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=split)
+                     for k, (shape, dtype) in self.batch_spec.items()}
             lowered = self.train.lower(state, batch)
-        except Exception:  # noqa: BLE001 - raised again, where it belongs, by the first step
+        except Exception:  # noqa: BLE001 - raised again, where it belongs, by the training thread
             return
         self._thread = threading.Thread(target=_compile_quietly, args=(lowered,),
                                         name="resnet-jax-compile")
@@ -228,7 +230,8 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
     try:
         # A bad model option raises here: nothing written. The step compiles meanwhile.
         start = None if cfg.resume else fresh_start(
-            cfg, data, lambda model: steps.compile_ahead(abstract_state(model, data.pre.image_size, steps.tx)))
+            cfg, data, lambda model: steps.compile_ahead(
+                lambda: abstract_state(model, data.pre.image_size, steps.tx)))
         lock = RunLock(run_dir).acquire() if jax.process_index() == 0 else None
         run = _Run(cfg, given, data, mesh, run_dir, RunCheckpoints(run_dir, cfg.keep), start)
         try:
