@@ -443,7 +443,9 @@ def test_a_script_that_exits_holding_worker_batches_prints_nothing_and_leaves_no
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0 and done.stdout.split() == ["1", "4"], done.stderr
     assert "Exception ignored" not in done.stderr and "leaked" not in done.stderr, done.stderr
-    assert not (set(os.listdir("/dev/shm")) - before)
+    # Shared memory blocks only: the named semaphores (sem.*) there come and go with the
+    # processes of tests running beside this one.
+    assert not {name for name in set(os.listdir("/dev/shm")) - before if not name.startswith("sem.")}
 
 
 @pytest.mark.slow
