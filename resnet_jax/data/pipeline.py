@@ -114,20 +114,19 @@ class Loader:
 
     def batch(self, epoch: int, batch: int) -> dict:
         """Build one batch (called from worker threads)."""
-        pre = self.preprocess
         idx = self.indices(epoch, batch)
-        images = np.zeros((len(idx), pre.image_size, pre.image_size, self.data.channels), np.uint8)
-        labels = np.zeros(len(idx), np.int32)
-        mask = (idx >= 0).astype(np.float32)
+        out = {k: np.zeros((len(idx), *shape[1:]), dtype)  # this host's rows of the global batch
+               for k, (shape, dtype) in self.batch_spec().items()}
+        out["mask"][:] = idx >= 0
         for k, i in enumerate(idx):
             if i < 0:
                 continue
             got = self._sample(epoch, int(i))
             if got is None:  # evaluation: an unreadable image is left out of the counts
-                mask[k] = 0
+                out["mask"][k] = 0
                 continue
-            images[k], labels[k] = got
-        return {"image": images, "label": labels, "mask": mask}
+            out["image"][k], out["label"][k] = got
+        return out
 
     def _sample(self, epoch: int, i: int):
         """(image, label) for index ``i``: in training, an unreadable image is replaced by
