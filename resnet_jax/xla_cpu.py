@@ -1,5 +1,5 @@
 """The XLA:CPU tuning: one process-wide flag, set by one explicit call, and per-program
-compiler options for inference.
+compiler options for inference and for programs that run once.
 
 Importing this module changes nothing. ``configure()`` adds the flag to ``XLA_FLAGS``;
 the ``resnet-jax`` command, ``train.py``, ``convert_weights.py`` and the benchmarks call
@@ -9,7 +9,7 @@ it before JAX starts, and a library user who wants the same CPU speed calls it f
     >>> resnet_jax.xla_cpu.configure()  # before JAX's first computation
     >>> import jax  # ... as usual
 
-``RESNET_JAX_XLA_FLAGS=0`` turns both the flag and the inference options off.
+``RESNET_JAX_XLA_FLAGS=0`` turns the flag and the per-program options off.
 The figures behind each choice are in docs/performance.md.
 """
 
@@ -28,6 +28,13 @@ CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution
 # stages into one subgraph slower than XLA's own kernels. Training steps keep YNNPACK, which
 # runs their BatchNorm statistics and bias gradients well.
 _INFERENCE_OPTION = ("xla_cpu_experimental_ynn_fusion_type", "")
+
+# Programs that run once per run and compute integers and constants only (the models'
+# initialiser: each parameter's key and zeros; the optimizer's initial state: zeros and
+# counters) compile without LLVM's optimisations and with XLA's older loop emitters: the
+# compile takes 2-4x less time and the results are the same bits (integer arithmetic is
+# exact at any optimisation level). Their run time is negligible either way.
+_ONE_SHOT_OPTIONS = (("xla_backend_optimization_level", 0), ("xla_cpu_use_fusion_emitters", False))
 
 _added: list[str] = []  # the flags configure() put into XLA_FLAGS
 
@@ -72,17 +79,28 @@ def _user_flags() -> str:
     return flags
 
 
-def inference_compiler_options() -> dict[str, str]:
-    """XLA options for ``jax.jit(program, compiler_options=...)`` of inference-type
-    programs (evaluation, prediction, Grad-CAM, activation maximisation): empty unless the
-    default backend is the CPU, the user did not set the option in ``XLA_FLAGS`` and
-    ``RESNET_JAX_XLA_FLAGS=0`` is not set."""
+def _cpu_options(pairs) -> dict:
+    """Those of ``pairs`` (name, value) this jaxlib knows and the user did not set in
+    ``XLA_FLAGS``; empty unless the default backend is the CPU and ``RESNET_JAX_XLA_FLAGS=0``
+    is not set."""
     import jax
 
-    name, value = _INFERENCE_OPTION
-    if _opted_out() or jax.default_backend() != "cpu" or name in _user_flags():
+    if _opted_out() or jax.default_backend() != "cpu":
         return {}
-    return {name: value} if _jaxlib_knows(name) else {}
+    user = _user_flags()
+    return {name: value for name, value in pairs if name not in user and _jaxlib_knows(name)}
+
+
+def inference_compiler_options() -> dict[str, str]:
+    """XLA options for ``jax.jit(program, compiler_options=...)`` of inference-type
+    programs (evaluation, prediction, Grad-CAM, activation maximisation)."""
+    return _cpu_options([_INFERENCE_OPTION])
+
+
+def one_shot_compiler_options() -> dict:
+    """XLA options for programs that run once and compute only integers and constants
+    (``_ONE_SHOT_OPTIONS``): the models' initialiser and the optimizer's initial state."""
+    return _cpu_options(_ONE_SHOT_OPTIONS)
 
 
 def inference_jit(fn, **jit_kwargs):
@@ -92,10 +110,20 @@ def inference_jit(fn, **jit_kwargs):
     (``jax.jit``, ``jax.make_jaxpr``, ``jax.vmap`` of the caller's) it is a plain
     ``jax.jit``.
     """
+    return _jit_with_options(fn, inference_compiler_options(), jit_kwargs)
+
+
+def one_shot_jit(fn, **jit_kwargs):
+    """``jax.jit(fn)`` compiled with ``one_shot_compiler_options()`` when called on arrays
+    (a plain ``jax.jit`` inside another trace), for a program that runs once and whose
+    results are integers or constants, the same bits however it is optimised."""
+    return _jit_with_options(fn, one_shot_compiler_options(), jit_kwargs)
+
+
+def _jit_with_options(fn, options: dict, jit_kwargs: dict):
     import jax
 
     plain = jax.jit(fn, **jit_kwargs)
-    options = inference_compiler_options()
     if not options:
         return plain
     top = jax.jit(fn, compiler_options=options, **jit_kwargs)

@@ -138,6 +138,44 @@ def test_new_head_keeps_backbone():
     assert all(jax.tree_util.tree_leaves(same))
 
 
+@pytest.mark.parametrize("arch", ["my_resnet", "digit_cnn", "resnet18"])
+def test_the_programs_that_run_once_compile_quickly_and_give_the_same_bits(arch):
+    """The models' initialiser and the optimizer's initial state compile with
+    ``one_shot_compiler_options`` (no LLVM optimisation, the older emitters): their results
+    are the same bits as the default compile's, for several optimizers."""
+    from resnet_jax.models import registry
+    from resnet_jax.train.state import OptimizerConfig, make_optimizer
+    from resnet_jax.xla_cpu import one_shot_compiler_options, one_shot_jit
+
+    if jax.default_backend() == "cpu":
+        assert one_shot_compiler_options() == {"xla_backend_optimization_level": 0,
+                                               "xla_cpu_use_fusion_emitters": False}
+    else:
+        assert one_shot_compiler_options() == {}
+    model = resnet_jax.create_model(arch)
+    key = jax.random.key(3)
+    shape = registry.input_shape(model, (1, 1) if registry._any_size(model) else None)
+    init, _ = registry._compiled_init(model, shape)  # the one init_variables(model) runs
+    quick, default = init(key), jax.jit(init.__wrapped__)(key)
+
+    def bits(tree):
+        return [np.asarray(jax.random.key_data(a) if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
+                           else a) for a in jax.tree_util.tree_leaves(tree)]
+
+    assert len(bits(quick)) == len(bits(default)) > 0
+    for a, b in zip(bits(quick), bits(default), strict=True):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    params = resnet_jax.init_variables(model, 0)["params"]
+    for opt in [dict(optimizer="sgd", nesterov=True, weight_decay=5e-4),
+                dict(optimizer="adamw", weight_decay=0.05, clip_norm=1.0),
+                dict(optimizer="sgd", freeze_backbone=True)]:
+        tx = make_optimizer(OptimizerConfig(total_steps=100, warmup_steps=5, **opt))
+        quick, default = one_shot_jit(tx.init)(params), jax.jit(tx.init)(params)
+        assert jax.tree_util.tree_structure(quick) == jax.tree_util.tree_structure(default)
+        for a, b in zip(bits(quick), bits(default), strict=True):
+            assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), opt
+
+
 def test_inference_jit_compiles_top_level_programs_with_its_options_and_nests():
     from resnet_jax.xla_cpu import inference_compiler_options, inference_jit
 

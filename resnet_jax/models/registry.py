@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import ResNetJaxError
+from ..xla_cpu import one_shot_jit
 from .digits import DigitCNN
 from .layers import TAP_SUFFIX, deferred_host_draws, tap_key, tap_name
 from .resnet import ResNet
@@ -135,7 +136,8 @@ def _compiled_init(model: nn.Module, shape: tuple):
 
     The program returns the variables with zeros where a host initialiser stands and, for
     each of those, its key; ``init_variables`` then draws them with numpy. With no host
-    callback inside, the program is one the persistent compilation cache keeps.
+    callback inside, the program is one the persistent compilation cache keeps. It computes
+    keys and constants only, so it compiles with ``xla_cpu.one_shot_jit``'s quick options.
     """
     draws: dict = {}  # tracing fills it: {leaf index: HostDraw}
 
@@ -155,7 +157,7 @@ def _compiled_init(model: nn.Module, shape: tuple):
                                f"{type(model).__name__} did not reach its variables")
         return variables, keys
 
-    return jax.jit(init), draws
+    return one_shot_jit(init), draws
 
 
 def init_variables(model: nn.Module, rng: int | jax.Array = 0, image_size=None) -> dict:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from ..errors import ResNetJaxError
+from ..xla_cpu import one_shot_jit
 
 HEAD = "fc"  # the classifier's name in every registered model
 
@@ -39,10 +40,11 @@ class TrainState(flax.struct.PyTreeNode):
     def create(cls, apply_fn, variables: dict, tx) -> TrainState:
         params = variables["params"]
         # One jitted program rather than an eager op per parameter: faster, and kept by
-        # the persistent compilation cache.
+        # the persistent compilation cache. It computes zeros and counters only, so it
+        # compiles with xla_cpu.one_shot_jit's quick options.
         return cls(
             step=jnp.zeros((), jnp.int32), params=params,
-            batch_stats=variables.get("batch_stats", {}), opt_state=jax.jit(tx.init)(params),
+            batch_stats=variables.get("batch_stats", {}), opt_state=one_shot_jit(tx.init)(params),
             apply_fn=apply_fn, tx=tx,
         )
 
