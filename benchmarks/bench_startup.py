@@ -4,7 +4,7 @@
     python -m benchmarks.bench_startup links /tmp/il-src /tmp/il-50k --n 50000
     python -m benchmarks.bench_startup links /tmp/il-src /tmp/il-2k --n 2000
     python -m benchmarks.bench_startup memory /tmp/il-2k /tmp/il-50k
-    python -m benchmarks.bench_startup startup /tmp/il-50k [--base /tmp/base_main] [--warm]
+    python -m benchmarks.bench_startup startup /tmp/il-50k [--base /tmp/base_main] [--warm] [--floor]
 
 ``links`` makes a folder of N listed images in 100 class folders, each a hard link to one
 of a few generated JPEGs (listing reads no pixels, so only the count of files matters;
@@ -22,7 +22,10 @@ stops the run; with ``--base DIR`` the same command from a checkout of another c
 compilation cache), or with ``--warm`` from a cache that an untimed run of the same command
 filled (a user's second run; a run on another folder would not do: the learning-rate
 schedule's step counts, which follow the folder's size, are constants of the compiled
-train step). Target: under 10% of the base.
+train step). Target: under 10% of the base. With ``--floor`` a third row times what no run
+of the command can skip, alone in its process: Python's start, the command's imports, the
+listing, the model, and the train step traced and compiled (the same calls as ``train``),
+with nothing beside it; the command's own row can approach it but not pass it.
 Nothing is timed in the tests; note the machine's load with the figures.
 """
 
@@ -86,6 +89,47 @@ def memory(folder) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+_FLOOR_CHILD = """
+import gc
+import sys
+from resnet_jax import xla_cpu
+xla_cpu.configure()
+from resnet_jax.cli import enable_compilation_cache
+from resnet_jax.train import loop
+from resnet_jax.train.cli import register  # the command's parser module, as train.py imports it
+from resnet_jax.train.config import TrainConfig
+
+gc.freeze()  # as resnet_jax.cli.run does after the imports
+enable_compilation_cache()
+cfg = TrainConfig(dataset=sys.argv[1], arch="my_resnet", model_options={"stage_widths": [8, 16]},
+                  image_size=32, batch_size=16, max_steps=5, threads=2).resolved().validate()
+mesh = loop._mesh(cfg)
+data = loop._load_data(cfg)
+steps = loop._Steps(cfg, data, mesh)
+model = loop.build_model(cfg, data.num_classes, data.channels, data.pre.image_size)
+steps.compile_ahead(lambda: loop.abstract_state(model, data.pre.image_size, steps.tx))
+steps.wait()
+print("compiled", flush=True)
+"""
+
+
+def _floor_seconds(folder, timeout: float) -> float:
+    """Seconds from starting Python to the train step of the ``startup`` command compiled,
+    doing nothing else (``_FLOOR_CHILD``), with a new compilation cache."""
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-startup-floor-"))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RESNET_JAX_CACHE": str(run_dir / "cache")}
+    t0 = time.perf_counter()
+    try:
+        out = subprocess.run([sys.executable, "-c", _FLOOR_CHILD, str(folder)], env=env, timeout=timeout,
+                             capture_output=True, text=True)
+        seconds = time.perf_counter() - t0  # the child's exit (a few ms) included
+        if "compiled" not in out.stdout:
+            raise RuntimeError(f"the floor's child failed: {out.stderr[-2000:]}")
+        return seconds
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def _loader_flags(checkout: Path, processes: bool) -> list[str]:
     """Two threads of the training process (``--threads 2``; a checkout from before worker
     processes spelt that ``--workers 2``), or two worker processes (``--workers 2``)."""
@@ -127,9 +171,11 @@ def _first_step_seconds(folder, checkout: Path, timeout: float, cache: Path | No
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def startup(folder, base: str | None, repeats: int, timeout: float, warm: bool = False):
+def startup(folder, base: str | None, repeats: int, timeout: float, warm: bool = False,
+            floor: bool = False):
     """Rows (checkout, seconds); with ``warm``, each checkout's compilation cache is filled
-    by an untimed run of the same command first."""
+    by an untimed run of the same command first; with ``floor``, a row of ``_floor_seconds``
+    (cold) after each round."""
     checkouts = [("this", REPO, False), ("this, 2 worker processes", REPO, True)]
     checkouts += [("base", Path(base), False)] if base else []
     caches = {name: None for name, _, _ in checkouts}
@@ -144,6 +190,11 @@ def startup(folder, base: str | None, repeats: int, timeout: float, warm: bool =
             rows.append((name, seconds))
             print(f"{name:26s} {seconds:8.1f} s to the first step"
                   f" ({'warm' if warm else 'cold'} compilation cache)", flush=True)
+        if floor:
+            seconds = _floor_seconds(folder, timeout)
+            rows.append(("floor", seconds))
+            print(f"{'floor':26s} {seconds:8.1f} s to the train step compiled, nothing else"
+                  " (cold compilation cache)", flush=True)
     for cache in caches.values():
         if cache:
             shutil.rmtree(cache, ignore_errors=True)
@@ -168,6 +219,9 @@ def main(argv=None) -> int:
     st.add_argument("--warm", action="store_true",
                     help="fill each checkout's compilation cache by an untimed run of the same "
                          "command first; default: every row compiles cold")
+    st.add_argument("--floor", action="store_true",
+                    help="also time the floor: imports, listing and the train step's compile "
+                         "alone in a process, with a cold compilation cache")
     args = p.parse_args(argv)
     if args.what == "links":
         print(f"{link_folder(args.src, args.out, args.n, args.classes)} links made in {args.out}")
@@ -180,7 +234,7 @@ def main(argv=None) -> int:
             print(f"difference, largest - smallest folder: {rows[-1]['rss_mb'] - rows[0]['rss_mb']:+.1f} MB RSS, "
                   f"{rows[-1]['peak_mb'] - rows[0]['peak_mb']:+.1f} MB peak")
     else:
-        startup(args.folder, args.base, args.repeats, args.timeout, args.warm)
+        startup(args.folder, args.base, args.repeats, args.timeout, args.warm, args.floor)
     return 0
 
 
