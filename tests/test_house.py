@@ -44,7 +44,9 @@ def test_importing_the_package_changes_nothing_outside_it():
 
 def test_models_import_only_jax_flax_numpy_and_the_error_types():
     """``models/`` holds model definitions: besides the standard library it imports jax,
-    flax, numpy, its own modules and ``resnet_jax.errors``, and no context variables."""
+    flax, numpy, its own modules, ``resnet_jax.errors`` and ``resnet_jax.xla_cpu`` (the
+    initialiser's compiler options; it imports only the standard library and jax), and no
+    context variables."""
     allowed = {"jax", "flax", "numpy"} | set(sys.stdlib_module_names)
     for path in sorted(MODELS.glob("*.py")):
         text = path.read_text()
@@ -56,13 +58,19 @@ def test_models_import_only_jax_flax_numpy_and_the_error_types():
                 if node.level == 1:
                     continue  # models' own modules
                 if node.level == 2:
-                    assert node.module == "errors", (path.name, node.module)
+                    assert node.module in ("errors", "xla_cpu"), (path.name, node.module)
                     continue
                 names = [node.module]
             else:
                 continue
             for name in names:
                 assert name.split(".")[0] in allowed, (path.name, name)
+    xla_cpu = Path(resnet_jax.__file__).parent / "xla_cpu.py"
+    for node in ast.walk(ast.parse(xla_cpu.read_text())):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+            assert all(n.split(".")[0] in set(sys.stdlib_module_names) | {"jax", "jaxlib"}
+                       for n in names), ("xla_cpu.py", names)
 
 
 def _digit_model_and_batch():
