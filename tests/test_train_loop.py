@@ -573,11 +573,13 @@ class _Compiles(logging.Handler):
     def __init__(self):
         super().__init__(logging.DEBUG)
         self.names: list[str] = []
+        self.threads: list[str] = []  # the thread that compiled each
 
     def emit(self, record):
         message = record.getMessage()
         if message.startswith("Finished XLA compilation of "):
             self.names.append(message.split(" of ", 1)[1].split(" in ")[0])
+            self.threads.append(record.threadName)
 
 
 def test_the_train_step_compiled_ahead_is_the_one_the_steps_run(tmp_path):
@@ -598,4 +600,8 @@ def test_the_train_step_compiled_ahead_is_the_one_the_steps_run(tmp_path):
         logger.removeHandler(counter)
         logger.setLevel(level)
     assert (fresh, resumed) == (1, 1), counter.names
+    # Compiled ahead, in the loop's thread, both times (not at the first step, as it would
+    # be had the compile ahead failed quietly).
+    assert [t for n, t in zip(counter.names, counter.threads) if n == "jit(train_step)"] == \
+        ["resnet-jax-compile"] * 2
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"] == [1, 2, 3, 4]
