@@ -23,7 +23,7 @@ L = pytest.importorskip("lucent.optvis.objectives")
 def _lucent_cases(d, w):
     """(ours, lucent's, B): ours summed over the batch is B times minus lucent's loss
     (B = 1 where lucent sums over the batch itself)."""
-    td, tw = torch.from_numpy(d), torch.from_numpy(w)
+    td, tw = torch.from_numpy(np.array(d)), torch.from_numpy(np.array(w))  # writable copies
     return [
         (O.direction("a", d), L.direction("a", td), 5),
         (O.direction_neuron("a", d, y=3, x=3), L.direction_neuron("a", td, x=3, y=3), 5),
@@ -156,7 +156,7 @@ def ported():
 
 def _pair(name, d, w):
     """(ours, lucent's, batch) for one kind of objective, as lucent's docs combine them."""
-    td, tw = torch.from_numpy(d), torch.from_numpy(w)
+    td, tw = torch.from_numpy(np.array(d)), torch.from_numpy(np.array(w))  # writable copies
     ci = (O.channel_interpolate("layer3", 5, "layer4", 7),
           L.channel_interpolate("layer3", 5, "layer4", 7))
     return {
