@@ -32,8 +32,9 @@ _INFERENCE_OPTION = ("xla_cpu_experimental_ynn_fusion_type", "")
 # Programs that run once per run and compute integers and constants only (the models'
 # initialiser: each parameter's key and zeros; the optimizer's initial state: zeros and
 # counters) compile without LLVM's optimisations and with XLA's older loop emitters: the
-# compile takes 2-4x less time and the results are the same bits (integer arithmetic is
-# exact at any optimisation level). Their run time is negligible either way.
+# compile is several times quicker (docs/performance.md) and the results are the same bits
+# (integer arithmetic is exact at any optimisation level). They run once, so their own
+# speed does not matter.
 _ONE_SHOT_OPTIONS = (("xla_backend_optimization_level", 0), ("xla_cpu_use_fusion_emitters", False))
 
 _added: list[str] = []  # the flags configure() put into XLA_FLAGS
