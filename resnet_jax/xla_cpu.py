@@ -136,6 +136,7 @@ def _jit_with_options(fn, options: dict, jit_kwargs: dict):
         return (plain if traced else top)(*args, **kwargs)
 
     call.lower = top.lower
+    call.compiler_options = options  # what its top-level compiles get
     return call
 
 

@@ -139,11 +139,12 @@ def test_new_head_keeps_backbone():
 
 
 @pytest.mark.parametrize("arch", ["my_resnet", "digit_cnn", "resnet18"])
-def test_the_programs_that_run_once_compile_quickly_and_give_the_same_bits(arch):
+def test_the_programs_that_run_once_compile_quickly_and_give_the_same_bits(arch, monkeypatch):
     """The models' initialiser and the optimizer's initial state compile with
     ``one_shot_compiler_options`` (no LLVM optimisation, the older emitters): their results
     are the same bits as the default compile's, for several optimizers."""
     from resnet_jax.models import registry
+    from resnet_jax.train import state as state_module
     from resnet_jax.train.state import OptimizerConfig, make_optimizer
     from resnet_jax.xla_cpu import one_shot_compiler_options, one_shot_jit
 
@@ -156,6 +157,7 @@ def test_the_programs_that_run_once_compile_quickly_and_give_the_same_bits(arch)
     key = jax.random.key(3)
     shape = registry.input_shape(model, (1, 1) if registry._any_size(model) else None)
     init, _ = registry._compiled_init(model, shape)  # the one init_variables(model) runs
+    assert getattr(init, "compiler_options", {}) == one_shot_compiler_options()
     quick, default = init(key), jax.jit(init.__wrapped__)(key)
 
     def bits(tree):
@@ -166,11 +168,18 @@ def test_the_programs_that_run_once_compile_quickly_and_give_the_same_bits(arch)
     for a, b in zip(bits(quick), bits(default), strict=True):
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
     params = resnet_jax.init_variables(model, 0)["params"]
+    used = []  # TrainState.create builds its optimizer state with one_shot_jit
+    monkeypatch.setattr(state_module, "one_shot_jit", lambda fn: used.append(fn) or one_shot_jit(fn))
     for opt in [dict(optimizer="sgd", nesterov=True, weight_decay=5e-4),
                 dict(optimizer="adamw", weight_decay=0.05, clip_norm=1.0),
                 dict(optimizer="sgd", freeze_backbone=True)]:
         tx = make_optimizer(OptimizerConfig(total_steps=100, warmup_steps=5, **opt))
         quick, default = one_shot_jit(tx.init)(params), jax.jit(tx.init)(params)
+        used.clear()
+        created = state_module.TrainState.create(model.apply, {"params": params}, tx)
+        assert used == [tx.init]
+        for a, b in zip(bits(created.opt_state), bits(quick), strict=True):
+            assert a.tobytes() == b.tobytes()
         assert jax.tree_util.tree_structure(quick) == jax.tree_util.tree_structure(default)
         for a, b in zip(bits(quick), bits(default), strict=True):
             assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), opt
